@@ -1,0 +1,118 @@
+"""Settings: defaults, then a TOML file, then VPS_* environment variables.
+
+The file is ``$VPS_CONFIG`` or ``/etc/vpshost/config.toml``; sections mirror the
+dataclasses below (``[network] subnet = "10.88.0.0/16"``). Environment overrides:
+
+  VPS_STATE_DIR, VPS_CACHE_DIR, VPS_DB_URL, VPS_SUBNET, VPS_SUBNET6, VPS_BRIDGE_PREFIX,
+  VPS_NAT_PREFIX, VPS_SERVER, VPS_TOKEN
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from vpshost.errors import UsageError
+
+DEFAULT_FILE = Path("/etc/vpshost/config.toml")
+
+
+@dataclass
+class NetworkConfig:
+    subnet: str = "10.88.0.0/16"
+    subnet6: str = ""  # e.g. "fd88::/64"; empty means IPv4 only
+    # Each bridge serves one segment of the subnet, so no bridge nears the kernel's
+    # 1023-port limit; guests on different segments are routed by the host.
+    segment_prefixlen: int = 22
+    bridge_prefix: str = "vpsbr"
+    nat: bool = True
+    # Name of the nftables table; tests use their own so they never touch the demo's.
+    nft_table: str = "vpshost"
+
+
+@dataclass
+class ServerConfig:
+    url: str = ""  # when set, the CLI talks to this server instead of working locally
+    token: str = ""
+    listen: str = "127.0.0.1:8420"
+
+
+@dataclass
+class ContainerConfig:
+    idmap_base: int = 100000
+    idmap_size: int = 65536
+    lxcfs_dir: str = "/var/lib/lxcfs"
+    stop_timeout: float = 10.0
+
+
+@dataclass
+class Config:
+    state_dir: Path = Path("/var/lib/vpshost")
+    cache_dir: Path = Path("/var/cache/vpshost")
+    db_url: str = ""
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.state_dir / 'vpshost.db'}"
+
+    @property
+    def guests_dir(self) -> Path:
+        return self.state_dir / "guests"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.cache_dir / "images"
+
+
+_ENV: dict[str, tuple[str, ...]] = {
+    "VPS_STATE_DIR": ("state_dir",),
+    "VPS_CACHE_DIR": ("cache_dir",),
+    "VPS_DB_URL": ("db_url",),
+    "VPS_SUBNET": ("network", "subnet"),
+    "VPS_SUBNET6": ("network", "subnet6"),
+    "VPS_BRIDGE_PREFIX": ("network", "bridge_prefix"),
+    "VPS_NAT_TABLE": ("network", "nft_table"),
+    "VPS_SERVER": ("server", "url"),
+    "VPS_TOKEN": ("server", "token"),
+}
+
+
+def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
+    known = {f.name: f for f in fields(obj)}
+    for key, value in data.items():
+        if key not in known:
+            raise UsageError(f"unknown setting '{where}{key}' in the config file",
+                             f"known settings here: {', '.join(sorted(known))}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UsageError(f"setting '{where}{key}' must be a [section]")
+            _apply(current, value, f"{where}{key}.")
+        elif isinstance(current, Path):
+            setattr(obj, key, Path(value))
+        else:
+            setattr(obj, key, type(current)(value))
+
+
+def load(path: Path | None = None) -> Config:
+    cfg = Config()
+    file = path or Path(os.environ.get("VPS_CONFIG", DEFAULT_FILE))
+    if file.exists():
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"config file {file} is not valid TOML: {exc}") from None
+        _apply(cfg, data, "")
+    for var, keys in _ENV.items():
+        if var in os.environ:
+            target: Any = cfg
+            for k in keys[:-1]:
+                target = getattr(target, k)
+            _apply(target, {keys[-1]: os.environ[var]}, ".".join(keys[:-1]))
+    return cfg

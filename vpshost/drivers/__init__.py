@@ -1,0 +1,1 @@
+"""One driver module per guest type, all behind ``base.Driver``."""

@@ -1,0 +1,1 @@
+"""State store: SQLAlchemy models and the database they live in."""
