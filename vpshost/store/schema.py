@@ -45,6 +45,9 @@ class Instance(Base):
     mac: Mapped[str | None] = mapped_column(String(17))
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # pid of the process running the operation that put it in a transient state; a
+    # dead pid there means a crash, which reconcile repairs
+    busy_pid: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 05:58:21.840718
+Create Date: 2026-11-26 06:00:57.081920
 """
 
 from alembic import op
@@ -58,6 +58,7 @@ def upgrade() -> None:
         sa.Column("mac", sa.String(length=17), nullable=True),
         sa.Column("options", sa.JSON(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("busy_pid", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),

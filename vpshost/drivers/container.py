@@ -1,0 +1,246 @@
+"""OpenVZ-style system containers through LXC.
+
+Each container lives in ``<state>/guests/<name>/``: LXC's ``config``, an ext4 ``disk.img``
+of the plan's size (mounted through a loop device, so ``df /`` inside shows the plan
+and writing past it fails with ENOSPC), and LXC's log. The guests directory is LXC's
+lxcpath, so the stock lxc-* tools see the same containers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_progress
+from vpshost.errors import CommandError, RuntimeFailure, UsageError
+from vpshost.host import cgroups, images
+from vpshost.models import Guest, Plan
+from vpshost.runner import run
+
+LXC_CONFIG = Path("/usr/share/lxc/config")
+EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# What an ext4 needs beyond its files (journal, inodes), in MiB, before we refuse a disk.
+FS_OVERHEAD_MB = 24
+
+
+def ensure_lxcfs(mountpoint: Path) -> None:
+    """Start lxcfs when it is not serving ``mountpoint`` (no systemd here to do it)."""
+    if (mountpoint / "proc" / "meminfo").exists() or not shutil.which("lxcfs"):
+        return
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    subprocess.Popen(["lxcfs", str(mountpoint)], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+    for _ in range(50):
+        if (mountpoint / "proc" / "meminfo").exists():
+            return
+        time.sleep(0.1)
+    raise RuntimeFailure(f"lxcfs did not come up on {mountpoint}",
+                         "run `lxcfs /var/lib/lxcfs` by hand to see why")
+
+
+def host_veth(guest: Guest) -> str:
+    return f"vpsv{guest.id}"
+
+
+class ContainerDriver(Driver):
+    type = "container"
+
+    # -- helpers -----------------------------------------------------------------
+    @property
+    def lxcpath(self) -> str:
+        return str(self.config.guests_dir)
+
+    def _lxc(self, tool: str, guest: Guest, *args: str, timeout: float = 60.0,
+             check: bool = True) -> Any:
+        return run([f"lxc-{tool}", "-n", guest.name, "-P", self.lxcpath, *args],
+                   timeout=timeout, check=check)
+
+    def _shift(self, guest: Guest) -> int:
+        return 0 if guest.privileged else self.config.container.idmap_base
+
+    def _render_config(self, guest: Guest) -> str:
+        c = self.config.container
+        kind = cgroups.layout()
+        image = images.get(guest.image)
+        lines = [
+            f"lxc.uts.name = {guest.name}",
+            f"lxc.rootfs.path = loop:{guest.dir / 'disk.img'}",
+            f"lxc.include = {LXC_CONFIG / 'common.conf'}",
+        ]
+        if not guest.privileged:
+            lines += [
+                f"lxc.include = {LXC_CONFIG / 'userns.conf'}",
+                f"lxc.idmap = u 0 {c.idmap_base} {c.idmap_size}",
+                f"lxc.idmap = g 0 {c.idmap_base} {c.idmap_size}",
+            ]
+        lines += [
+            "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
+            "lxc.tty.max = 1",
+            "lxc.pty.max = 64",
+            f"lxc.signal.halt = {image.halt_signal}",
+            f"lxc.log.file = {guest.dir / 'lxc.log'}",
+            "lxc.log.level = WARN",
+            f"lxc.console.logfile = {guest.dir / 'console.log'}",
+        ]
+        if guest.net:
+            n = guest.net
+            lines += [
+                "lxc.net.0.type = veth",
+                f"lxc.net.0.link = {n.bridge}",
+                "lxc.net.0.flags = up",
+                "lxc.net.0.name = eth0",
+                f"lxc.net.0.hwaddr = {n.mac}",
+                f"lxc.net.0.veth.pair = {host_veth(guest)}",
+                f"lxc.net.0.ipv4.address = {n.ip}/{n.prefixlen}",
+                f"lxc.net.0.ipv4.gateway = {n.gateway}",
+            ]
+            if n.ip6:
+                lines += [f"lxc.net.0.ipv6.address = {n.ip6}/{n.prefixlen6}",
+                          f"lxc.net.0.ipv6.gateway = {n.gateway6}"]
+        settings = cgroups.plan_settings(guest.plan, guest.id, kind,
+                                         swap=cgroups.swap_accounting())
+        lines += cgroups.lxc_keys(settings, kind)
+        return "\n".join(lines) + "\n"
+
+    def prepare_host(self) -> None:
+        """What unprivileged containers need from the host: subordinate ids for root
+        (newuidmap refuses a map /etc/subuid does not grant) and a running lxcfs."""
+        c = self.config.container
+        line = f"root:{c.idmap_base}:{c.idmap_size}"
+        for path in (Path("/etc/subuid"), Path("/etc/subgid")):
+            text = path.read_text() if path.exists() else ""
+            if line not in text.split():
+                path.write_text(text + ("" if text.endswith("\n") or not text else "\n")
+                                + line + "\n")
+        ensure_lxcfs(Path(c.lxcfs_dir))
+
+    # -- the interface -----------------------------------------------------------
+    def probe(self) -> Probe:
+        if not shutil.which("lxc-start"):
+            return Probe(False, "LXC is not installed (apt-get install lxc)")
+        version = run(["lxc-start", "--version"]).stdout.strip()
+        lxcfs = Path(self.config.container.lxcfs_dir, "proc/meminfo").exists()
+        detail = f"LXC {version}" + ("" if lxcfs else "; lxcfs not running: "
+                                     "/proc inside shows the host's memory and CPUs")
+        return Probe(True, detail, {"lxc_version": version, "lxcfs": lxcfs})
+
+    def create(self, guest: Guest, progress: Progress = no_progress) -> None:
+        shift = self._shift(guest)
+        rootfs = images.build(self.config, guest.image, progress, shift=shift)
+        need = images.tree_size_mb(rootfs) + FS_OVERHEAD_MB
+        if guest.plan.disk_mb < need:
+            raise UsageError(f"image {guest.image} needs a disk of at least {need}M, "
+                             f"the plan has {guest.plan.disk_mb}M",
+                             f"use --disk {need}M or more")
+        guest.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            disk = guest.dir / "disk.img"
+            progress(f"making a {guest.plan.disk_mb}M ext4 root filesystem")
+            with open(disk, "wb") as f:
+                f.truncate(guest.plan.disk_mb * 1024 * 1024)
+            # -m 0: no blocks reserved for root, so df inside shows the whole plan
+            run(["mkfs.ext4", "-q", "-F", "-m", "0", "-d", str(rootfs),
+                 "-E", f"root_owner={shift}:{shift}", str(disk)], timeout=600)
+            (guest.dir / "config").write_text(self._render_config(guest))
+        except BaseException:
+            shutil.rmtree(guest.dir, ignore_errors=True)
+            raise
+
+    def start(self, guest: Guest) -> None:
+        # The config is rendered again so a changed plan or address takes effect.
+        (guest.dir / "config").write_text(self._render_config(guest))
+        if not guest.privileged:
+            self.prepare_host()
+        try:
+            self._lxc("start", guest, "-d", timeout=60)
+        except CommandError as exc:
+            log = guest.dir / "lxc.log"
+            tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
+            self._lxc("stop", guest, "-k", check=False)
+            raise RuntimeFailure(f"container {guest.name} failed to start: "
+                                 + ("\n  ".join(["", *tail]) or exc.stderr)) from None
+        if any((guest.plan.io_read_bps, guest.plan.io_write_bps,
+                guest.plan.io_read_iops, guest.plan.io_write_iops)):
+            self._apply_io(guest, guest.plan)
+
+    def stop(self, guest: Guest, timeout: float) -> None:
+        # lxc-stop sends the image's halt signal, waits, then kills what is left.
+        self._lxc("stop", guest, "-t", str(int(max(1, timeout))), timeout=timeout + 30,
+                  check=False)
+        if self.power(guest) is Power.RUNNING:
+            self._lxc("stop", guest, "-k", timeout=30)
+
+    def delete(self, guest: Guest) -> None:
+        if (guest.dir / "config").exists() and self.power(guest) is not Power.STOPPED:
+            self._lxc("stop", guest, "-k", check=False, timeout=30)
+        shutil.rmtree(guest.dir, ignore_errors=True)
+
+    def power(self, guest: Guest) -> Power:
+        if not (guest.dir / "config").exists():
+            return Power.ABSENT
+        out = self._lxc("info", guest, "-s", "-H", check=False).stdout.strip()
+        return {"RUNNING": Power.RUNNING, "FROZEN": Power.PAUSED}.get(out, Power.STOPPED)
+
+    def present(self) -> set[str]:
+        root = self.config.guests_dir
+        if not root.is_dir():
+            return set()
+        return {p.parent.name for p in root.glob("*/config")
+                if p.read_text().startswith("lxc.")}
+
+    def exec(self, guest: Guest, argv: list[str], timeout: float = 60.0) -> ExecResult:
+        r = self._lxc("attach", guest, "--clear-env", "-v", f"PATH={EXEC_PATH}",
+                      "-v", "HOME=/root", "-v", "TERM=dumb", "--", *argv,
+                      timeout=timeout, check=False)
+        return ExecResult(r.returncode, r.stdout, r.stderr)
+
+    def console_argv(self, guest: Guest) -> list[str]:
+        return ["lxc-console", "-n", guest.name, "-P", self.lxcpath, "-t", "1"]
+
+    def pause(self, guest: Guest) -> None:
+        self._lxc("freeze", guest)
+
+    def resume(self, guest: Guest) -> None:
+        self._lxc("unfreeze", guest)
+
+    def set_limits(self, guest: Guest, plan: Plan) -> None:
+        kind = cgroups.layout()
+        settings = cgroups.plan_settings(plan, guest.id, kind, swap=cgroups.swap_accounting())
+        # v1 refuses a memory limit above memsw: order the writes so both stay valid
+        order = sorted(settings, key=lambda k: ("memsw" in k) == (plan.memory_mb
+                       < guest.plan.memory_mb))
+        for key in order:
+            self._lxc("cgroup", guest, key, settings[key])
+        self._apply_io(guest, plan)
+
+    def _apply_io(self, guest: Guest, plan: Plan) -> None:
+        device = self._loop_device(guest)
+        if device:
+            for key, value in cgroups.io_settings(plan, device, cgroups.layout()).items():
+                self._lxc("cgroup", guest, key, value)
+
+    def _loop_device(self, guest: Guest) -> str | None:
+        """'major:minor' of the loop device LXC attached the disk image to."""
+        out = run(["losetup", "-j", str(guest.dir / "disk.img")], check=False).stdout
+        if not out.strip():
+            return None
+        dev = out.split(":", 1)[0]
+        rdev = os.stat(dev).st_rdev
+        return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+    def stats(self, guest: Guest) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        keys = {"memory_bytes": "memory.usage_in_bytes", "pids": "pids.current",
+                "cpu_ns": "cpuacct.usage"}
+        if cgroups.layout() is cgroups.Layout.V2:
+            keys = {"memory_bytes": "memory.current", "pids": "pids.current"}
+        for name, key in keys.items():
+            r = self._lxc("cgroup", guest, key, check=False)
+            if r.ok and r.stdout.strip().isdigit():
+                out[name] = int(r.stdout.strip())
+        return out

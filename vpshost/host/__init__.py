@@ -1,0 +1,1 @@
+"""This host: capability probe, cgroups, network, storage and images."""
