@@ -33,7 +33,8 @@ OPERATIONS: dict[str, tuple[frozenset[State], State | None, State]] = {
     "pause": (frozenset({S.RUNNING}), None, S.PAUSED),
     "resume": (frozenset({S.PAUSED}), None, S.RUNNING),
     "delete": (frozenset({S.STOPPED, S.ERROR}), S.DELETING, S.DELETING),
-    "resize": (frozenset({S.STOPPED, S.RUNNING}), None, S.STOPPED),  # end state: unchanged
+    # resize, snapshot and restore leave the state as it was (the last field is unused)
+    "resize": (frozenset({S.STOPPED, S.RUNNING}), None, S.STOPPED),
     "snapshot": (frozenset({S.STOPPED, S.RUNNING, S.PAUSED}), None, S.STOPPED),
     "restore": (frozenset({S.STOPPED, S.RUNNING, S.PAUSED}), None, S.STOPPED),
     "migrate": (frozenset({S.STOPPED, S.RUNNING}), S.MIGRATING, S.RUNNING),

@@ -9,6 +9,7 @@ nothing that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -174,8 +175,6 @@ def tree_size_mb(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
     return total // (1024 * 1024) + 1

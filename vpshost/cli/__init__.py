@@ -1,0 +1,1 @@
+"""The `vps` command line."""

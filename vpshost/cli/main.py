@@ -1,0 +1,406 @@
+"""`vps`: one verb per action; `--json` wherever there is output to parse.
+
+Works locally through the service layer, or against `vps serve` when a server is
+configured ([server] url and token, or VPS_SERVER and VPS_TOKEN).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from vpshost.errors import UsageError, VpsError
+from vpshost.units import parse_size_mb
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Create, run and manage VPS guests: containers, VMs and Xen domains.")
+image_app = typer.Typer(no_args_is_help=True, help="Build and import images.")
+port_app = typer.Typer(no_args_is_help=True, help="Forward host ports to guests.")
+snap_app = typer.Typer(no_args_is_help=True, help="Snapshots of a guest.")
+host_app = typer.Typer(no_args_is_help=True, help="This host.")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against the raw tools.")
+for sub, name in ((image_app, "image"), (port_app, "port"), (snap_app, "snapshot"),
+                  (host_app, "host"), (token_app, "token"), (bench_app, "bench")):
+    app.add_typer(sub, name=name)
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Name = Annotated[str, typer.Argument(help="Instance name.")]
+
+
+def backend() -> Any:
+    """The local service, or a client of the configured server (same methods)."""
+    from vpshost.config import load
+
+    cfg = load()
+    if cfg.server.url:
+        from vpshost.client import RemoteService
+
+        return RemoteService(cfg.server.url, cfg.server.token)
+    from vpshost.service import Service
+
+    svc = Service(cfg)
+    svc.reconcile(report=lambda m: print(f"reconciled: {m}", file=sys.stderr))
+    return svc
+
+
+def local_service() -> Any:
+    from vpshost.service import Service
+
+    return Service()
+
+
+def progress_printer() -> Any:
+    from rich.console import Console
+
+    con = Console(stderr=True)
+    return lambda msg: con.print(f"[dim]…[/] {msg}")
+
+
+def show_or_json(data: Any, as_json: bool) -> None:
+    from vpshost.cli import output
+
+    if as_json:
+        output.emit_json(data)
+    elif isinstance(data, list):
+        output.instance_table(data)
+    else:
+        output.instance_detail(data)
+
+
+# -- instances ------------------------------------------------------------------------
+@app.command()
+def create(
+    name: Name,
+    type: Annotated[str, typer.Option("--type", "-t", help="container, vm or xen")] = "container",
+    image: Annotated[str, typer.Option(help="See `vps images`.")] = "busybox",
+    cpus: Annotated[int, typer.Option(help="Virtual CPUs.")] = 1,
+    memory: Annotated[str, typer.Option(help="Memory, e.g. 256M or 1G.")] = "256M",
+    swap: Annotated[str, typer.Option(help="Swap beyond memory.")] = "0",
+    disk: Annotated[str, typer.Option(help="Root disk size.")] = "1G",
+    pids: Annotated[int, typer.Option(help="Most processes at once; 0: no limit.")] = 0,
+    cpu_cap: Annotated[int, typer.Option(help="CPU cap in percent of one core; 0: none.")] = 0,
+    cpu_weight: Annotated[int, typer.Option(help="Share under contention, 1-10000.")] = 100,
+    io_read_bps: Annotated[str, typer.Option(help="Disk read limit per second, e.g. 10M.")] = "0",
+    io_write_bps: Annotated[str, typer.Option(help="Disk write limit per second.")] = "0",
+    io_read_iops: Annotated[int, typer.Option(help="Disk read operations per second.")] = 0,
+    io_write_iops: Annotated[int, typer.Option(help="Disk write operations per second.")] = 0,
+    bandwidth: Annotated[int, typer.Option(help="Network egress limit in Mbit/s.")] = 0,
+    privileged: Annotated[bool, typer.Option(
+        help="Container without a user namespace (root inside is root outside).")] = False,
+    accel: Annotated[str, typer.Option(help="VMs: kvm or tcg; default picks.")] = "",
+    mode: Annotated[str, typer.Option(help="Xen: pv, pvh or hvm.")] = "",
+    start: Annotated[bool, typer.Option("--start", help="Start it once created.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Create a guest."""
+    from vpshost.models import Plan
+    from vpshost.service import CreateRequest
+
+    plan = Plan(vcpus=cpus, memory_mb=parse_size_mb(memory, "--memory", allow_zero=False),
+                swap_mb=parse_size_mb(swap, "--swap"),
+                disk_mb=parse_size_mb(disk, "--disk", allow_zero=False),
+                cpu_cap_pct=cpu_cap, cpu_weight=cpu_weight,
+                io_read_bps=parse_size_mb(io_read_bps, "--io-read-bps") * 1024 * 1024,
+                io_write_bps=parse_size_mb(io_write_bps, "--io-write-bps") * 1024 * 1024,
+                io_read_iops=io_read_iops, io_write_iops=io_write_iops,
+                bandwidth_mbit=bandwidth, max_procs=pids)
+    options = {k: v for k, v in (("accel", accel), ("mode", mode)) if v}
+    req = CreateRequest(name=name, type=type, image=image, plan=plan, privileged=privileged,
+                        start=start, options=options)
+    data = backend().create(req, progress=progress_printer())
+    show_or_json(data, as_json)
+
+
+def _power(verb: str, name: str, as_json: bool) -> None:
+    data = getattr(backend(), verb)(name)
+    if as_json:
+        show_or_json(data, True)
+    else:
+        typer.echo(f"{name}: {data['state']}")
+
+
+@app.command("start")
+def start_cmd(name: Name, as_json: Json = False) -> None:
+    """Start a stopped guest."""
+    _power("start", name, as_json)
+
+
+@app.command()
+def stop(name: Name, as_json: Json = False,
+         timeout: Annotated[float | None, typer.Option(
+             help="Seconds to wait for a clean shutdown before forcing it.")] = None) -> None:
+    """Stop a guest: a clean shutdown, forced after a timeout."""
+    data = backend().stop(name, timeout=timeout)
+    show_or_json(data, True) if as_json else typer.echo(f"{name}: {data['state']}")
+
+
+@app.command()
+def restart(name: Name, as_json: Json = False) -> None:
+    """Stop and start a guest."""
+    _power("restart", name, as_json)
+
+
+@app.command()
+def pause(name: Name, as_json: Json = False) -> None:
+    """Freeze a running guest."""
+    _power("pause", name, as_json)
+
+
+@app.command()
+def resume(name: Name, as_json: Json = False) -> None:
+    """Unfreeze a paused guest."""
+    _power("resume", name, as_json)
+
+
+@app.command()
+def delete(name: Name, force: Annotated[bool, typer.Option(
+        "--force", "-f", help="Stop it first if it is running.")] = False) -> None:
+    """Delete a guest with its disk, address and port forwards."""
+    backend().delete(name, force=force)
+    typer.echo(f"{name}: deleted")
+
+
+@app.command("list")
+def list_cmd(as_json: Json = False) -> None:
+    """List guests."""
+    show_or_json(backend().list(), as_json)
+
+
+@app.command()
+def show(name: Name, as_json: Json = False) -> None:
+    """Show one guest: plan, address, ports, usage and recent events."""
+    show_or_json(backend().show(name, stats=True), as_json)
+
+
+@app.command()
+def resize(name: Name,
+           cpus: Annotated[int | None, typer.Option()] = None,
+           memory: Annotated[str | None, typer.Option()] = None,
+           swap: Annotated[str | None, typer.Option()] = None,
+           disk: Annotated[str | None, typer.Option(help="Grow only; guest stopped.")] = None,
+           cpu_cap: Annotated[int | None, typer.Option()] = None,
+           pids: Annotated[int | None, typer.Option()] = None,
+           as_json: Json = False) -> None:
+    """Change a guest's plan; limits apply live where the type allows."""
+    changes = {
+        "vcpus": cpus, "cpu_cap_pct": cpu_cap, "max_procs": pids,
+        "memory_mb": parse_size_mb(memory, "--memory", allow_zero=False) if memory else None,
+        "swap_mb": parse_size_mb(swap, "--swap") if swap is not None else None,
+        "disk_mb": parse_size_mb(disk, "--disk", allow_zero=False) if disk else None,
+    }
+    if all(v is None for v in changes.values()):
+        raise UsageError("nothing to change", "give at least one of --cpus, --memory, "
+                         "--swap, --disk, --cpu-cap, --pids")
+    show_or_json(backend().resize(name, **changes), as_json)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec(name: Name, command: Annotated[list[str] | None, typer.Argument(
+        help="The command, after --.")] = None,
+         timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 60.0
+         ) -> None:
+    """Run a command inside a guest: `vps exec NAME -- CMD ARGS...`."""
+    result = backend().exec(name, command or [], timeout=timeout)
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    raise typer.Exit(result.returncode)
+
+
+@app.command()
+def console(name: Name) -> None:
+    """Attach this terminal to the guest's console."""
+    argv = local_service().console_argv(name)
+    typer.echo(f"attaching to {name}; detach with Ctrl-a q", err=True)
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def events(name: Annotated[str | None, typer.Argument()] = None, as_json: Json = False,
+           limit: int = 50) -> None:
+    """The event log, newest first."""
+    rows = backend().events(name, limit=limit)
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(rows)
+        return
+    for e in rows:
+        typer.echo(f"{e['time'][:19]}  {e['instance'] or '-':<16} {e['kind']:<14} "
+                   f"{e['message']}")
+
+
+@app.command()
+def reconcile() -> None:
+    """Check every guest against what the host really runs and fix the store."""
+    fixed = local_service().reconcile(all_instances=True, report=typer.echo)
+    if not fixed:
+        typer.echo("store and host agree")
+
+
+# -- images ---------------------------------------------------------------------------
+@app.command()
+def images(as_json: Json = False) -> None:
+    """List images."""
+    rows = backend().images()
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(rows)
+        return
+    for i in rows:
+        typer.echo(f"{i['name']:<14} {i['type']:<10} {'built' if i['built'] else 'not built':<10}"
+                   f" {i['description']}")
+
+
+@image_app.command("build")
+def image_build(name: str, type: Annotated[str, typer.Option("--type", "-t")] = "container",
+                force: bool = False) -> None:
+    """Build an image now (otherwise the first create builds it)."""
+    local_service().image_build(name, type, force=force, progress=progress_printer())
+    typer.echo(f"image {name}: built")
+
+
+@image_app.command("import")
+def image_import(file: str, name: Annotated[str | None, typer.Option()] = None) -> None:
+    """Import a VMware VMDK, OVA/OVF, raw or qcow2 disk as a VM image."""
+    from pathlib import Path
+
+    from vpshost.host import vmimages
+
+    svc = local_service()
+    image = name or Path(file).stem.lower().replace("_", "-").replace(".", "-")
+    vmimages.import_image(svc.config, Path(file), image, progress_printer())
+    svc.record(None, "image-imported", f"vm image {image} from {file}")
+    typer.echo(f"image {image}: imported; create a VM with --type vm --image {image}")
+
+
+# -- ports ----------------------------------------------------------------------------
+def _port_pair(text: str) -> tuple[int, int]:
+    try:
+        host, _, guest = text.partition(":")
+        return int(host), int(guest or host)
+    except ValueError:
+        raise UsageError(f"'{text}' is not HOSTPORT:GUESTPORT", "for example 8080:80") from None
+
+
+@port_app.command("add")
+def port_add(name: Name, ports: Annotated[str, typer.Argument(help="HOSTPORT:GUESTPORT")],
+             udp: bool = False) -> None:
+    """Forward a host port to a port of the guest."""
+    host, guest = _port_pair(ports)
+    backend().port_add(name, host, guest, "udp" if udp else "tcp")
+    typer.echo(f"{name}: host port {host} -> {guest}")
+
+
+@port_app.command("list")
+def port_list(name: Annotated[str | None, typer.Argument()] = None, as_json: Json = False
+              ) -> None:
+    """List port forwards."""
+    rows = backend().ports(name)
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(rows)
+        return
+    for p in rows:
+        typer.echo(f"{p['instance']:<16} {p['proto']} {p['host_port']:>5} -> "
+                   f"{p['guest_ip']}:{p['guest_port']}")
+
+
+@port_app.command("remove")
+def port_remove(name: Name, host_port: int, udp: bool = False) -> None:
+    """Remove a port forward."""
+    backend().port_remove(name, host_port, "udp" if udp else "tcp")
+    typer.echo(f"{name}: host port {host_port} no longer forwarded")
+
+
+# -- snapshots ------------------------------------------------------------------------
+@snap_app.command("create")
+def snapshot_create(name: Name, snap: str) -> None:
+    """Snapshot disk (and memory, if running)."""
+    backend().snapshot(name, snap)
+    typer.echo(f"{name}: snapshot {snap} taken")
+
+
+@snap_app.command("list")
+def snapshot_list(name: Name, as_json: Json = False) -> None:
+    rows = backend().snapshots(name)
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['name']:<20} {r['created_at'][:19]}  memory: {r['with_memory']}")
+
+
+@snap_app.command("restore")
+def snapshot_restore(name: Name, snap: str) -> None:
+    data = backend().restore(name, snap)
+    typer.echo(f"{name}: restored {snap}; {data['state']}")
+
+
+@snap_app.command("delete")
+def snapshot_delete(name: Name, snap: str) -> None:
+    backend().delete_snapshot(name, snap)
+    typer.echo(f"{name}: snapshot {snap} deleted")
+
+
+# -- host, tokens, server ---------------------------------------------------------------
+@host_app.command("info")
+def host_info(as_json: Json = False) -> None:
+    """Kernel, cores, memory, cgroups, LXC/QEMU/KVM/Xen support, free disk."""
+    data = backend().host_info()
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(data)
+        return
+    for k, v in data.items():
+        typer.echo(f"{k:<18} {v}")
+
+
+@token_app.command("create")
+def token_create(tenant: Annotated[str, typer.Option(help="Tenant the token acts for.")],
+                 admin: bool = False) -> None:
+    """Make an API token; it is shown once."""
+    typer.echo(local_service().token_create(tenant, admin=admin))
+
+
+@app.command()
+def serve(listen: Annotated[str | None, typer.Option(help="HOST:PORT")] = None) -> None:
+    """Run the REST API and web page."""
+    from vpshost.api.server import run_server
+
+    run_server(listen)
+
+
+@bench_app.command("lifecycle")
+def bench_lifecycle(count: Annotated[int, typer.Option("-n", help="Containers.")] = 20,
+                    list_size: Annotated[int, typer.Option(
+                        help="Instances in the store when timing `vps list --json`.")] = 200,
+                    as_json: Json = False) -> None:
+    """Create/start/stop/delete N busybox containers through vpshost and raw lxc-*."""
+    from vpshost.bench.lifecycle import run_lifecycle
+
+    run_lifecycle(count, list_size, as_json)
+
+
+def main() -> None:
+    try:
+        app()
+    except VpsError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
