@@ -157,11 +157,14 @@ def resume(name: Name, as_json: Json = False) -> None:
 
 
 @app.command()
-def delete(name: Name, force: Annotated[bool, typer.Option(
-        "--force", "-f", help="Stop it first if it is running.")] = False) -> None:
-    """Delete a guest with its disk, address and port forwards."""
-    backend().delete(name, force=force)
-    typer.echo(f"{name}: deleted")
+def delete(names: Annotated[list[str], typer.Argument(help="Instance names.")],
+           force: Annotated[bool, typer.Option(
+               "--force", "-f", help="Stop it first if it is running.")] = False) -> None:
+    """Delete guests with their disks, addresses and port forwards."""
+    svc = backend()
+    for name in names:
+        svc.delete(name, force=force)
+        typer.echo(f"{name}: deleted")
 
 
 @app.command("list")

@@ -33,12 +33,15 @@ def instance_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("NAME", "TYPE", "STATE", "ADDRESS", "IMAGE", "LIMITS"):
-        table.add_column(col)
+    for col in ("NAME", "TYPE", "STATE", "ADDRESS", "IMAGE", "CPU", "MEM", "SWAP", "DISK"):
+        table.add_column(col, no_wrap=True,
+                         justify="right" if col in ("CPU", "MEM", "SWAP", "DISK") else "left")
     for i in rows:
         style = STATE_STYLE.get(i["state"], "cyan")
         table.add_row(i["name"], i["type"], f"[{style}]{i['state']}[/]", i["ip"] or "-",
-                      i["image"], _limits(i))
+                      i["image"], str(i["cpus"]), format_mb(i["memory_mb"]),
+                      format_mb(i["swap_mb"]) if i["swap_mb"] else "-",
+                      format_mb(i["disk_mb"]))
     Console().print(table)
 
 

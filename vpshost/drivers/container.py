@@ -18,7 +18,6 @@ from typing import Any
 from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_progress
 from vpshost.errors import CommandError, RuntimeFailure, UsageError
 from vpshost.host import cgroups, images
-from vpshost.host.network import host_veth_name
 from vpshost.models import Guest, Plan
 from vpshost.runner import run
 
@@ -92,7 +91,6 @@ class ContainerDriver(Driver):
                 "lxc.net.0.flags = up",
                 "lxc.net.0.name = eth0",
                 f"lxc.net.0.hwaddr = {n.mac}",
-                f"lxc.net.0.veth.pair = {host_veth_name(guest.id)}",
                 f"lxc.net.0.ipv4.address = {n.ip}/{n.prefixlen}",
                 f"lxc.net.0.ipv4.gateway = {n.gateway}",
             ]
