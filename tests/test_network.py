@@ -228,6 +228,11 @@ def test_bandwidth_limits(guests: dict[str, dict[str, str]]) -> None:
     assert "tbf" not in qdiscs and "ingress" not in qdiscs
     assert not os.path.exists(f"/sys/class/net/{ifb}")
     network.clear_limits(ifname)  # nothing left to clear: no error
+    network.set_ingress_limit(ifname, 5)
+    ifb = network.ifb_name(ifname)
+    assert network.prune_ifbs() == []  # its interface is alive
+    network.delete_link(ifname)  # deleted without clear_limits
+    assert network.prune_ifbs() == [ifb]
 
 
 @root_only

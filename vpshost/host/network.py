@@ -314,12 +314,13 @@ def sync_nat(cfg: NetworkConfig, forwards: list[Forward]) -> None:
 
 
 def teardown(cfg: NetworkConfig) -> None:
-    """Remove the nft table and every bridge named bridge_prefix + digits."""
+    """Remove the nft table, every bridge named bridge_prefix + digits, stale IFBs."""
     table = _check_table(cfg.nft_table)
     runner.run(["nft", "-f", "-"], timeout=30,
                input=f"add table inet {table}\ndelete table inet {table}\n")
     for name in bridges(cfg):
         delete_link(name)
+    prune_ifbs()
 
 
 # -- bandwidth -----------------------------------------------------------------------
@@ -380,3 +381,18 @@ def clear_limits(ifname: str) -> None:
 
 
 clear_egress_limit = clear_limits
+
+
+def prune_ifbs() -> list[str]:
+    """Delete IFB devices whose interface is gone (a tap or veth deleted without
+    clear_limits first); returns their names. For start-up reconciliation."""
+    try:
+        names = os.listdir(_SYS_NET)
+    except OSError:
+        return []
+    alive = {_read(f"{_SYS_NET}/{n}/ifindex") for n in names}
+    stale = [n for n in names
+             if (m := re.fullmatch(r"vpsifb(\d+)", n)) and m.group(1) not in alive]
+    for name in stale:
+        delete_link(name)
+    return stale
