@@ -44,6 +44,7 @@ BUILTIN = {
 }
 TINY_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_rng",
                 "virtio_console", "ext4", "crc32c_generic", "button", "evdev"]
+TINY_VERSION = 2  # bump when the init or agent changes: the boot files are rebuilt
 TINY_DISK_MB = 1024  # the empty ext4 data disk of `tiny`; overlays may be larger
 DEBIAN_DISK_MB = 2048
 AGENT_PORT_TINY = "vpshost.agent"
@@ -109,6 +110,9 @@ def build(cfg: Config, name: str, progress: Progress = _noop) -> Path:
                        f"built-in images: {', '.join(BUILTIN)}; or `vps image import FILE`")
     with _locked(cfg, name):
         have = base_path(cfg, name)
+        m = meta(cfg, name)
+        if have and m and name == "tiny" and m.get("version") != TINY_VERSION:
+            _refresh_tiny(cfg, Path(m["dir"]), m, progress)
         if have:
             return have
         if name == "tiny":
@@ -340,7 +344,7 @@ while [ -z "$PORT" ]; do
     [ "$(cat "$n" 2>/dev/null)" = "vpshost.agent" ] || continue
     PORT=/dev/$(basename "$(dirname "$n")")
   done
-  [ -z "$PORT" ] && sleep 1
+  [ -z "$PORT" ] && sleep 0.1
 done
 exec 3<>"$PORT"
 while true; do
@@ -357,7 +361,7 @@ while true; do
       *) echo "$id 127 b b$(echo "unknown verb $verb" | base64 -w0)" >&3 ;;
     esac
   done
-  sleep 0.2
+  sleep 0.1
 done
 """
 
@@ -398,6 +402,17 @@ def tiny_boot_files(cfg: Config, dest: Path, progress: Progress = _noop) -> tupl
     return dest / "vmlinuz", dest / "initrd.img"
 
 
+def _refresh_tiny(cfg: Config, d: Path, old: dict[str, Any], progress: Progress) -> None:
+    """New kernel/initramfs for an existing tiny image. The base disk stays: overlays
+    of existing VMs point at it."""
+    with tempfile.TemporaryDirectory(dir=d) as tmp:
+        kernel, initrd = tiny_boot_files(cfg, Path(tmp), progress)
+        kernel.rename(d / "vmlinuz")
+        initrd.rename(d / "initrd.img")
+    old = {k: v for k, v in old.items() if k != "dir"}
+    _write_meta(d, {**old, "version": TINY_VERSION})
+
+
 def _build_tiny(cfg: Config, progress: Progress) -> None:
     with _staging(cfg, "tiny") as d:
         tiny_boot_files(cfg, d, progress)
@@ -411,6 +426,7 @@ def _build_tiny(cfg: Config, progress: Progress) -> None:
         raw.unlink()
         (d / "disk.qcow2").chmod(0o444)
         _write_meta(d, {"name": "tiny", "kind": "kernel", "agent": "tiny",
+                        "version": TINY_VERSION,
                         "kernel": "vmlinuz", "initrd": "initrd.img", "disk": "disk.qcow2",
                         "append": "console=ttyS0 panic=-1 quiet",
                         "source": f"linux-image-{kernel_version()} + busybox-static"})
@@ -573,11 +589,11 @@ def _unpack(file: Path, tmp: Path, progress: Progress) -> tuple[Path, str]:
     if suffix == ".ovf":
         text = file.read_text(errors="replace")
         refs = re.findall(r'ovf:href="([^"]+)"', text)
-        disks = [file.parent / r for r in refs if r.lower().endswith(".vmdk")]
-        if len(disks) != 1 or not disks[0].is_file():
+        found = [file.parent / r for r in refs if r.lower().endswith(".vmdk")]
+        if len(found) != 1 or not found[0].is_file():
             raise UsageError(f"{file.name}: expected exactly one existing .vmdk next to "
                              f"the OVF, found references {refs}")
-        return disks[0], f"ovf:{file.name}"
+        return found[0], f"ovf:{file.name}"
     return file, file.name
 
 
