@@ -166,13 +166,23 @@ class Service:
             raise NotFound(f"unknown {kind} image '{image}'",
                            f"available: {', '.join(names) or 'none'} (see `vps images`)")
 
-    def create(self, req: CreateRequest, caller: Caller = LOCAL_ADMIN,
-               progress: Progress = no_progress) -> dict[str, Any]:
+    def check_create(self, req: CreateRequest) -> Plan:
+        """The cheap checks of a create, with no side effects; the API runs them before
+        it accepts a create as an operation, so a bad request fails at once."""
         check_name(req.name)
         check_type(req.type)
         plan = req.plan.validate()
         self._known_image(req.type, req.image)
         self._check_capacity(plan)
+        with self.db.session() as s:
+            if s.scalar(select(Instance.id).where(Instance.name == req.name)):
+                raise Conflict(f"an instance named '{req.name}' already exists",
+                               "choose another name or delete the old one")
+        return plan
+
+    def create(self, req: CreateRequest, caller: Caller = LOCAL_ADMIN,
+               progress: Progress = no_progress) -> dict[str, Any]:
+        plan = self.check_create(req)
         row = self._insert(req, plan, caller)
         guest = self.guest(row)
         try:
