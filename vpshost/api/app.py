@@ -277,7 +277,8 @@ class Api:
                 response_model=Accepted, tags=["snapshots"])
         def restore(name: str, snap: str, who: Who, response: Response) -> Accepted:
             self._check_state(name, who, "restore")
-            if snap not in {s["name"] for s in svc.snapshots(name, who)}:
+            taken: Any = svc.snapshots(name, who)  # (mypy reads core's `list` as Service.list)
+            if snap not in {s["name"] for s in taken}:
                 raise NotFound(f"'{name}' has no snapshot '{snap}'",
                                f"see GET {PREFIX}/instances/{name}/snapshots")
             return self._submit("restore", name, who,
