@@ -25,7 +25,8 @@ from vpshost.errors import (
 )
 from vpshost.service.core import CreateRequest
 
-Rows = list[dict[str, Any]]  # an alias: inside the class, `list` is the method
+Rows = list[dict[str, Any]]  # aliases: inside the class, `list` is the method
+Argv = list[str]
 
 _BY_STATUS: dict[int, type[VpsError]] = {400: UsageError, 401: Unauthorized, 403: Unauthorized,
                                          404: NotFound, 409: Conflict, 422: UsageError,
@@ -142,7 +143,7 @@ class RemoteService:
         body = {names.get(k, k): v for k, v in changes.items() if v is not None}
         return self._call("PATCH", f"/instances/{name}", json=body)
 
-    def exec(self, name: str, argv: list[str], timeout: float = 60.0) -> ExecResult:
+    def exec(self, name: str, argv: Argv, timeout: float = 60.0) -> ExecResult:
         if not argv:
             raise UsageError("no command given", "write it after --, e.g. "
                              "`vps exec NAME -- uname -a`")
