@@ -210,14 +210,15 @@ class ContainerDriver(Driver):
         order = sorted(settings, key=lambda k: ("memsw" in k) == (plan.memory_mb
                        < guest.plan.memory_mb))
         for key in order:
-            self._lxc("cgroup", guest, key, settings[key])
+            # "--": a value such as -1 (no CPU cap) is not an option
+            self._lxc("cgroup", guest, "--", key, settings[key])
         self._apply_io(guest, plan)
 
     def _apply_io(self, guest: Guest, plan: Plan) -> None:
         device = self._loop_device(guest)
         if device:
             for key, value in cgroups.io_settings(plan, device, cgroups.layout()).items():
-                self._lxc("cgroup", guest, key, value)
+                self._lxc("cgroup", guest, "--", key, value)
 
     def _loop_device(self, guest: Guest) -> str | None:
         """'major:minor' of the loop device LXC attached the disk image to."""
