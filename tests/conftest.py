@@ -1,0 +1,242 @@
+"""Shared fixtures for the tests that run real LXC containers.
+
+``vps_env`` (session) gives every container test one isolated vpshost: its own state
+directory (database, guests), bridge prefix ``vpst``, subnet 10.242.0.0/16 and nftables
+table ``vpsct``; the API tests use ``vpsa``/10.243.0.0/16 and the network tests
+``vpsq``/``vpstest``, so none of them collide. The variables are set in ``os.environ``
+for the whole session (through a MonkeyPatch context), so ``vps`` run as a subprocess
+sees the same environment as the in-process ``Service``. The image cache stays the
+shared /var/cache/vpshost, so no test rebuilds busybox or debian-12.
+
+Tests that need no root (unit tests) do not request ``vps_env`` and always run; the
+others are skipped with the reason when the host cannot run containers.
+
+Guest ids: host-side veth names are ``vpsveth<id>`` and ids come from each state
+directory's own database, so a fresh test database would hand out id 1 and collide
+with a vpshost already running on this machine (``make demo``: its vpsveth1 exists).
+The session therefore reserves a high id with a placeholder row (host ``id-floor``,
+which reconcile never touches); every test guest gets a larger id.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BRIDGE_PREFIX = "vpst"
+SUBNET = "10.242.0.0/16"
+NAT_TABLE = "vpsct"
+CACHE_DIR = "/var/cache/vpshost"
+FLOOR_NAME = "id-floor"
+FLOOR_HOST = "id-floor"
+VPS = str(Path(sys.executable).with_name("vps"))
+
+
+def host_problem() -> str | None:
+    """Why this host cannot run the container tests, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root: containers, bridges and nftables"
+    for tool in ("lxc-start", "lxc-attach", "mkfs.ext4", "nft"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (apt-get install lxc e2fsprogs nftables)"
+    if not shutil.which("newuidmap"):
+        return "newuidmap is missing (apt-get install uidmap)"
+    if not Path(VPS).exists():
+        return f"the vps command is not installed at {VPS} (pip install -e .)"
+    return None
+
+
+@dataclass
+class Env:
+    """One isolated vpshost for the session, plus helpers to drive it."""
+
+    state_dir: Path
+    config: Any
+    service: Any
+    floor_id: int
+    _mine: list[str] = field(default_factory=list)
+
+    @property
+    def guests_dir(self) -> Path:
+        return self.config.guests_dir
+
+    # -- naming and creating -----------------------------------------------------------
+    @staticmethod
+    def unique(prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def create(self, name: str | None = None, *, image: str = "busybox", start: bool = True,
+               privileged: bool = False, **plan: int) -> str:
+        """Create (and by default start) a container; ``plan`` takes Plan fields
+        (memory_mb=64, disk_mb=64, max_procs=32, vcpus=1, cpu_cap_pct=50...)."""
+        from vpshost.models import Plan
+        from vpshost.service import CreateRequest
+
+        name = name or self.unique()
+        defaults = {"memory_mb": 128, "disk_mb": 64}
+        req = CreateRequest(name=name, type="container", image=image,
+                            plan=Plan(**{**defaults, **plan}), privileged=privileged,
+                            start=start)
+        self._mine.append(name)
+        self.service.create(req)
+        return name
+
+    def remove(self, name: str) -> None:
+        """Delete a guest if it exists, whatever its state; never raises."""
+        from vpshost.service.core import Service
+
+        with suppress(Exception):
+            # A fresh Service: reconcile first, in case a test left a transient state.
+            svc = Service(self.config)
+            svc.reconcile()
+            if any(r["name"] == name for r in svc.list()):
+                svc.delete(name, force=True)
+        with suppress(Exception):
+            subprocess.run(["lxc-stop", "-k", "-n", name, "-P", str(self.guests_dir)],
+                           capture_output=True, timeout=30)
+        shutil.rmtree(self.guests_dir / name, ignore_errors=True)
+
+    # -- running things ----------------------------------------------------------------
+    def sh(self, name: str, script: str, timeout: float = 60.0) -> Any:
+        """Run a shell script inside ``name``; returns ExecResult(returncode, stdout, stderr)."""
+        return self.service.exec(name, ["sh", "-c", script], timeout=timeout)
+
+    def ok(self, name: str, script: str, timeout: float = 60.0) -> str:
+        r = self.sh(name, script, timeout)
+        assert r.returncode == 0, f"{script!r} failed in {name}: {r.returncode} {r.stderr}"
+        return r.stdout
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """The real ``vps`` command, as a user runs it, in this environment."""
+        return subprocess.run([VPS, *args], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def lxc(self, tool: str, name: str, *args: str) -> str:
+        r = subprocess.run([f"lxc-{tool}", "-n", name, "-P", str(self.guests_dir), *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"lxc-{tool} {name} {args}: {r.stderr}"
+        return r.stdout.strip()
+
+    def init_pid(self, name: str) -> int:
+        return int(self.lxc("info", name, "-p", "-H"))
+
+    def lxc_state(self, name: str) -> str:
+        return self.lxc("info", name, "-s", "-H")
+
+    def row(self, name: str) -> dict[str, Any] | None:
+        """The instance as the store has it, read without reconciling anything."""
+        rows = [r for r in self.service.list() if r["name"] == name]
+        return rows[0] if rows else None
+
+    def names(self) -> set[str]:
+        return {r["name"] for r in self.service.list()}
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0,
+             interval: float = 0.05) -> Any:
+    """Poll ``check`` until it returns something true (a condition, not a duration)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def _reserve_ids(service: Any) -> int:
+    """Insert the placeholder row that pushes every test guest id above the floor."""
+    from vpshost.store.schema import Instance
+
+    floor = 1_000_000 + (os.getpid() % 1000) * 10_000
+    now = datetime.utcnow()
+    with service.db.session() as s:
+        s.add(Instance(id=floor, name=FLOOR_NAME, type="container", tenant="default",
+                       host=FLOOR_HOST, state="stopped", image="busybox", privileged=False,
+                       vcpus=1, memory_mb=16, swap_mb=0, disk_mb=16, options={},
+                       created_at=now, updated_at=now))
+    return floor
+
+
+def _teardown(env: Env) -> None:
+    from sqlalchemy import delete
+
+    from vpshost.host import network
+    from vpshost.service.core import Service
+    from vpshost.store.schema import Instance
+
+    svc = Service(env.config)
+    with suppress(Exception):
+        svc.reconcile()
+    for row in svc.list():
+        if row["name"] != FLOOR_NAME:
+            env.remove(row["name"])
+    for name in env._mine:  # created, then lost from the store by a test
+        if (env.guests_dir / name).exists():
+            env.remove(name)
+    with svc.db.session() as s:
+        s.execute(delete(Instance).where(Instance.name == FLOOR_NAME))
+    with suppress(Exception):
+        network.teardown(env.config.network)
+    shutil.rmtree(env.state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def vps_env() -> Iterator[Env]:
+    problem = host_problem()
+    if problem:
+        pytest.skip(f"container tests skipped: {problem}")
+    # /tmp, not pytest's tmp_path: pytest's directories are mode 0700, which the
+    # container's mapped root could not pass through to reach its disk image.
+    state_dir = Path(tempfile.mkdtemp(prefix="vpsct-", dir="/tmp"))
+    state_dir.chmod(0o711)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VPS_STATE_DIR", str(state_dir))
+        mp.setenv("VPS_CACHE_DIR", CACHE_DIR)
+        mp.setenv("VPS_BRIDGE_PREFIX", BRIDGE_PREFIX)
+        mp.setenv("VPS_SUBNET", SUBNET)
+        mp.setenv("VPS_NAT_TABLE", NAT_TABLE)
+        mp.setenv("VPS_CONFIG", str(state_dir / "no-config.toml"))  # never /etc's
+        for var in ("VPS_SERVER", "VPS_TOKEN", "VPS_DB_URL", "VPS_SUBNET6"):
+            mp.delenv(var, raising=False)
+        from vpshost.config import load
+        from vpshost.service import Service
+
+        cfg = load()
+        assert cfg.state_dir == state_dir and cfg.network.bridge_prefix == BRIDGE_PREFIX
+        svc = Service(cfg)
+        env = Env(state_dir=state_dir, config=cfg, service=svc, floor_id=_reserve_ids(svc))
+        try:
+            yield env
+        finally:
+            _teardown(env)
+
+
+@pytest.fixture
+def make_container(vps_env: Env) -> Iterator[Callable[..., str]]:
+    """Factory: ``make_container(memory_mb=64, max_procs=32, ...)`` creates and starts a
+    busybox container with a unique name; it is deleted after the test, pass or fail."""
+    made: list[str] = []
+
+    def make(name: str | None = None, **kwargs: Any) -> str:
+        name = name or vps_env.unique()
+        made.append(name)
+        return vps_env.create(name, **kwargs)
+
+    yield make
+    for name in made:
+        vps_env.remove(name)
