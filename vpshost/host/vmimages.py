@@ -435,7 +435,9 @@ def _build_tiny(cfg: Config, progress: Progress) -> None:
 
 # ---------------------------------------------------------------- debian-12
 
-DEBIAN_PACKAGES = ["linux-image-amd64", "initramfs-tools", "systemd-sysv", "udev",
+# dbus: without it systemd-logind is inactive, and neither the ACPI power button nor
+# qemu-ga's guest-shutdown (`shutdown -P +0`) can power the guest off.
+DEBIAN_PACKAGES = ["linux-image-amd64", "initramfs-tools", "systemd-sysv", "udev", "dbus",
                    "openssh-server", "qemu-guest-agent", "iproute2", "ifupdown"]
 
 DEBIAN_NET_SCRIPT = r"""#!/bin/sh
@@ -514,7 +516,7 @@ def _build_debian(cfg: Config, progress: Progress) -> None:
         (d / "disk.qcow2").chmod(0o444)
         _write_meta(d, {"name": "debian-12", "kind": "kernel", "agent": "qga",
                         "kernel": "vmlinuz", "initrd": "initrd.img", "disk": "disk.qcow2",
-                        "append": "root=/dev/vda rw console=ttyS0 panic=-1",
+                        "append": "root=/dev/vda rw console=ttyS0 panic=-1 net.ifnames=0",
                         "source": "debootstrap bookworm"})
     progress("debian-12 image ready")
 

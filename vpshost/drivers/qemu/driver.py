@@ -21,7 +21,7 @@ from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_
 from vpshost.drivers.qemu import accel as accel_mod
 from vpshost.drivers.qemu import agent as agent_mod
 from vpshost.drivers.qemu import limits, process
-from vpshost.drivers.qemu.cmdline import DISK_DEV_ID, DRIVE_ID, QEMU, build_argv
+from vpshost.drivers.qemu.cmdline import DRIVE_ID, QEMU, build_argv
 from vpshost.drivers.qemu.monitor import MonitorError, hmp, qmp, qmp_many
 from vpshost.drivers.qemu.paths import VmPaths
 from vpshost.errors import (
@@ -304,7 +304,7 @@ class QemuDriver(Driver):
         qmp_many(paths.qmp, [
             ("balloon", {"value": target * MiB}),
             ("block_set_io_throttle", {
-                "id": DISK_DEV_ID, "bps": 0, "bps_rd": plan.io_read_bps,
+                "device": DRIVE_ID, "bps": 0, "bps_rd": plan.io_read_bps,
                 "bps_wr": plan.io_write_bps, "iops": 0, "iops_rd": plan.io_read_iops,
                 "iops_wr": plan.io_write_iops}),
         ])
