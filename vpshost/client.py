@@ -80,7 +80,7 @@ class RemoteService:
         """Poll an operation until it ends; its result, or its error raised."""
         op_id = accepted["operation"]
         delay = self.poll_interval
-        reported = False
+        started, reported = time.monotonic(), False
         while True:
             op = self._call("GET", f"/operations/{op_id}")
             if op["status"] == "success":
@@ -88,9 +88,9 @@ class RemoteService:
             if op["status"] == "failure":
                 raise error_for(op.get("http_status") or 500, op.get("error") or "failed",
                                 op.get("detail") or "")
-            if not reported:
+            if not reported and time.monotonic() - started > 1.0:  # say so if slow
                 progress(f"{accepted['kind']} {accepted.get('instance') or ''}: waiting "
-                         f"for operation {op_id}")
+                         f"for the server (operation {op_id})")
                 reported = True
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)

@@ -38,6 +38,7 @@ from vpshost.api.models import (
     ResizeBody,
     SnapshotBody,
     SnapshotOut,
+    WhoAmI,
 )
 from vpshost.errors import NotFound, Unauthorized, VpsError
 from vpshost.models import check_name
@@ -290,6 +291,11 @@ class Api:
             return Response(status_code=204)
 
         # the rest
+        @r.get("/whoami", response_model=WhoAmI, tags=["host"])
+        def whoami(who: Who) -> WhoAmI:
+            """The tenant the token speaks for, and whether it is an admin."""
+            return WhoAmI(tenant=who.tenant, admin=who.admin)
+
         @r.get("/images", response_model=list[ImageOut], tags=["host"])
         def images() -> list[dict[str, Any]]:
             return svc.images()

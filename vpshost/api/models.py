@@ -189,6 +189,11 @@ class ImageOut(_Open):
     built: bool
 
 
+class WhoAmI(BaseModel):
+    tenant: str
+    admin: bool
+
+
 class Accepted(BaseModel):
     """A long operation was accepted; poll ``href`` until its status is not running."""
 
