@@ -170,7 +170,15 @@ def delete(names: Annotated[list[str], typer.Argument(help="Instance names.")],
 @app.command("list")
 def list_cmd(as_json: Json = False) -> None:
     """List guests."""
-    show_or_json(backend().list(), as_json)
+    from vpshost.config import load
+
+    cfg = load()
+    rows = None
+    if not cfg.server.url:
+        from vpshost.store.fastread import list_instances
+
+        rows = list_instances(cfg.database_url)
+    show_or_json(backend().list() if rows is None else rows, as_json)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -113,6 +114,22 @@ class ContainerDriver(Driver):
                 path.write_text(text + ("" if text.endswith("\n") or not text else "\n")
                                 + line + "\n")
         ensure_lxcfs(Path(c.lxcfs_dir))
+        self._ensure_traversable()
+
+    def _ensure_traversable(self) -> None:
+        """The container's root (a mapped, unprivileged uid) must be able to pass through
+        every directory above its disk image, or lxc-start fails with EACCES."""
+        own = [self.config.guests_dir, self.config.state_dir]
+        for d in own:
+            d.mkdir(parents=True, exist_ok=True)
+            mode = d.stat().st_mode
+            if mode & 0o001 == 0:
+                d.chmod(stat.S_IMODE(mode) | 0o011)
+        for d in self.config.state_dir.resolve().parents:
+            if d.stat().st_mode & 0o001 == 0:
+                raise UsageError(f"{d} is not searchable by other users, so unprivileged "
+                                 "containers under it cannot start",
+                                 f"chmod o+x {d}, or set VPS_STATE_DIR elsewhere")
 
     # -- the interface -----------------------------------------------------------
     def probe(self) -> Probe:
@@ -155,7 +172,8 @@ class ContainerDriver(Driver):
             self._lxc("start", guest, "-d", timeout=60)
         except CommandError as exc:
             log = guest.dir / "lxc.log"
-            tail = log.read_text(errors="replace").splitlines()[-8:] if log.exists() else []
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            tail = ([ln for ln in lines if " ERROR " in ln] or lines)[-8:]
             self._lxc("stop", guest, "-k", check=False)
             raise RuntimeFailure(f"container {guest.name} failed to start: "
                                  + ("\n  ".join(["", *tail]) or exc.stderr)) from None

@@ -172,9 +172,16 @@ def build(cfg: Config, name: str, progress: Progress, shift: int = 0,
 
 
 def tree_size_mb(path: Path) -> int:
+    """Size of a built tree, measured once and remembered beside it (trees never change
+    after a build; a rebuild removes the whole image directory)."""
+    memo = path.with_name(path.name + ".size_mb")
+    if memo.exists():
+        return int(memo.read_text())
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, f)).st_size
-    return total // (1024 * 1024) + 1
+    size = total // (1024 * 1024) + 1
+    memo.write_text(str(size))
+    return size

@@ -8,6 +8,7 @@ instances whose worker died.
 
 from __future__ import annotations
 
+import builtins
 import os
 import shutil
 import uuid
@@ -32,6 +33,9 @@ from vpshost.service.access import LOCAL_ADMIN, Caller, digest, new_secret
 from vpshost.states import State
 from vpshost.store.db import Database
 from vpshost.store.schema import Event, Instance, Operation, PortForward, Snapshot, Token, utcnow
+
+_PAST = {"start": "started", "stop": "stopped", "restart": "restarted", "pause": "paused",
+         "resume": "resumed"}
 
 
 @dataclass
@@ -104,7 +108,7 @@ class Service:
                 .where(Instance.id == row.id, Instance.state.in_([str(a) for a in allowed]))
                 .values(state=str(transient or row.state), busy_pid=os.getpid(),
                         last_error=None)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]
             if not moved:  # lost a race with another process
                 s.rollback()
                 current = self._state(name)
@@ -118,16 +122,20 @@ class Service:
             raise
         else:
             if op != "delete":  # a deleted row has no state left to set
-                self._set_state(row.id, final)
+                self._set_state(row.id, final, event=(_PAST.get(op, op), ""))
 
     def _state(self, name: str) -> str:
         with self.db.session() as s:
             return s.scalar(select(Instance.state).where(Instance.name == name)) or "absent"
 
-    def _set_state(self, instance_id: int, state: State, error: str | None = None) -> None:
+    def _set_state(self, instance_id: int, state: State, error: str | None = None,
+                   event: tuple[str, str] | None = None) -> None:
         with self.db.session() as s:
             s.execute(update(Instance).where(Instance.id == instance_id)
                       .values(state=str(state), busy_pid=None, last_error=error))
+            if event:
+                name = s.scalar(select(Instance.name).where(Instance.id == instance_id))
+                self._event(s, None, event[0], event[1], name=name)
 
     def _settle(self, row: Instance, error: str) -> None:
         """After a failure: record what the host really has."""
@@ -246,16 +254,14 @@ class Service:
             guest = self.guest(row)
             self._ensure_network(guest)
             self.driver(row.type).start(guest)
-        self.record(name, "started", "")
-        return self.show(name, caller)
+        return self.view(name, caller)
 
     def stop(self, name: str, caller: Caller = LOCAL_ADMIN,
              timeout: float | None = None) -> dict[str, Any]:
         with self._transition(name, caller, "stop") as row:
             t = self.config.container.stop_timeout if timeout is None else timeout
             self.driver(row.type).stop(self.guest(row), t)
-        self.record(name, "stopped", "")
-        return self.show(name, caller)
+        return self.view(name, caller)
 
     def restart(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
         self.stop(name, caller)
@@ -264,14 +270,12 @@ class Service:
     def pause(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
         with self._transition(name, caller, "pause") as row:
             self.driver(row.type).pause(self.guest(row))
-        self.record(name, "paused", "")
-        return self.show(name, caller)
+        return self.view(name, caller)
 
     def resume(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
         with self._transition(name, caller, "resume") as row:
             self.driver(row.type).resume(self.guest(row))
-        self.record(name, "resumed", "")
-        return self.show(name, caller)
+        return self.view(name, caller)
 
     def delete(self, name: str, caller: Caller = LOCAL_ADMIN, force: bool = False) -> None:
         if force and self._state(name) in (State.RUNNING, State.PAUSED):
@@ -291,7 +295,12 @@ class Service:
                                  .where(PortForward.instance_id == instance_id)))
 
     # -- reading -----------------------------------------------------------------
-    def list(self, caller: Caller = LOCAL_ADMIN) -> list[dict[str, Any]]:
+    def view(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
+        """One instance's row as list shows it (cheaper than show: no events)."""
+        with self.db.session() as s:
+            return views.instance(self._row(s, name, caller))
+
+    def list(self, caller: Caller = LOCAL_ADMIN) -> builtins.list[dict[str, Any]]:
         with self.db.session() as s:
             q = select(Instance).order_by(Instance.name)
             if not caller.admin:
@@ -315,7 +324,7 @@ class Service:
         return out
 
     def events(self, name: str | None = None, caller: Caller = LOCAL_ADMIN,
-               limit: int = 100) -> list[dict[str, Any]]:
+               limit: int = 100) -> builtins.list[dict[str, Any]]:
         with self.db.session() as s:
             q = select(Event).order_by(Event.id.desc()).limit(limit)
             if name:
@@ -325,7 +334,7 @@ class Service:
                 q = q.where(Event.tenant == caller.tenant)
             return [views.event(e) for e in s.scalars(q)]
 
-    def exec(self, name: str, argv: list[str], caller: Caller = LOCAL_ADMIN,
+    def exec(self, name: str, argv: builtins.list[str], caller: Caller = LOCAL_ADMIN,
              timeout: float = 60.0) -> ExecResult:
         if not argv:
             raise UsageError("no command given", "write it after --, e.g. "
@@ -335,7 +344,7 @@ class Service:
         states.check("exec", row.state, name)
         return self.driver(row.type).exec(self.guest(row), argv, timeout)
 
-    def console_argv(self, name: str, caller: Caller = LOCAL_ADMIN) -> list[str]:
+    def console_argv(self, name: str, caller: Caller = LOCAL_ADMIN) -> builtins.list[str]:
         with self.db.session() as s:
             row = self._row(s, name, caller)
         states.check("console", row.state, name)
@@ -387,7 +396,7 @@ class Service:
                            f"see `vps snapshot list {row.name}`")
         return sn
 
-    def snapshots(self, name: str, caller: Caller = LOCAL_ADMIN) -> list[dict[str, Any]]:
+    def snapshots(self, name: str, caller: Caller = LOCAL_ADMIN) -> builtins.list[dict[str, Any]]:
         with self.db.session() as s:
             row = self._row(s, name, caller)
             return [{"name": sn.name, "with_memory": sn.with_memory,
@@ -420,7 +429,7 @@ class Service:
 
     # -- ports -------------------------------------------------------------------
     def port_add(self, name: str, host_port: int, guest_port: int, proto: str = "tcp",
-                 caller: Caller = LOCAL_ADMIN) -> list[dict[str, Any]]:
+                 caller: Caller = LOCAL_ADMIN) -> builtins.list[dict[str, Any]]:
         if proto not in ("tcp", "udp"):
             raise UsageError(f"unknown protocol '{proto}'", "use tcp or udp")
         for label, port in (("host port", host_port), ("guest port", guest_port)):
@@ -445,7 +454,7 @@ class Service:
             row = self._row(s, name, caller)
             gone = s.execute(delete(PortForward).where(
                 PortForward.instance_id == row.id, PortForward.host_port == host_port,
-                PortForward.proto == proto)).rowcount
+                PortForward.proto == proto)).rowcount  # type: ignore[attr-defined]
             if not gone:
                 raise NotFound(f"'{name}' has no forward of {proto} port {host_port}",
                                f"see `vps port list {name}`")
@@ -453,7 +462,7 @@ class Service:
         self.sync_nat()
 
     def ports(self, name: str | None = None,
-              caller: Caller = LOCAL_ADMIN) -> list[dict[str, Any]]:
+              caller: Caller = LOCAL_ADMIN) -> builtins.list[dict[str, Any]]:
         with self.db.session() as s:
             q = select(PortForward, Instance).join(Instance).order_by(PortForward.host_port)
             if name:
@@ -471,7 +480,7 @@ class Service:
         network.sync_nat(self.config.network, forwards)
 
     # -- images and host ---------------------------------------------------------
-    def images(self) -> list[dict[str, Any]]:
+    def images(self) -> builtins.list[dict[str, Any]]:
         from vpshost.host import images
 
         out = [{"name": i.name, "type": "container", "description": i.description,
@@ -542,14 +551,14 @@ class Service:
 
     # -- crash recovery ----------------------------------------------------------
     def reconcile(self, all_instances: bool = False,
-                  report: Callable[[str], None] = no_progress) -> list[str]:
+                  report: Callable[[str], None] = no_progress) -> builtins.list[str]:
         """Make the store match the host after a crash; returns what was fixed.
 
         Instances in a transient state whose worker process is gone are settled from
         what the driver really finds; with ``all_instances``, every instance is checked
         (server start-up), and guests on the host the store does not know are reported.
         """
-        fixed: list[str] = []
+        fixed: builtins.list[str] = []
         with self.db.session() as s:
             rows = list(s.scalars(select(Instance).where(Instance.host == self.host)))
             s.execute(update(Operation).where(Operation.status == "running").values(

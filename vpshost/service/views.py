@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpshost.models import Plan
-from vpshost.store.schema import Event, Instance
+
+if TYPE_CHECKING:  # not imported at run time: `vps list` reads without SQLAlchemy
+    from vpshost.store.schema import Event, Instance
 
 PLAN_FIELDS = tuple(Plan.__dataclass_fields__)
 

@@ -14,7 +14,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-HEAD = "0001"  # newest revision in migrations/versions; bump with every new migration
+from vpshost.store.db_head import HEAD
+
 _HERE = Path(__file__).parent
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: vpshost against the raw tools, in the same run, as ratios."""
