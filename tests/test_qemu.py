@@ -299,7 +299,8 @@ def test_ova_imports(cfg: Config, vmdk: Path) -> None:
     name = f"ova{random.getrandbits(24):06x}"
     try:
         base = vmimages.import_image(cfg, ova, name)
-        assert base.exists() and vmimages.meta(cfg, name)["source"].startswith("ova:")
+        m = vmimages.meta(cfg, name)
+        assert base.exists() and m is not None and m["source"].startswith("ova:")
     finally:
         vmimages.remove_image(cfg, name)
 
