@@ -129,9 +129,18 @@ def is_built(cfg: Config, name: str, shift: int = 0) -> bool:
 def _shift_tree(src: Path, dst: Path, shift: int) -> None:
     """Copy ``src`` to ``dst`` with every uid and gid moved up by ``shift``."""
     run(["cp", "-a", str(src), str(dst)], timeout=1800)
+    hardlinked: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(dst):
-        for entry in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+        # Shift each inode exactly once: a directory as the dirpath of its own step (it is
+        # in its parent's dirnames too), a symlink to a directory from dirnames (never
+        # walked), a file with several hard links at its first name only.
+        links = [n for n in dirnames if os.path.islink(os.path.join(dirpath, n))]
+        for entry in [dirpath, *(os.path.join(dirpath, n) for n in links + filenames)]:
             st = os.lstat(entry)
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in hardlinked:
+                    continue
+                hardlinked.add((st.st_dev, st.st_ino))
             os.lchown(entry, st.st_uid + shift, st.st_gid + shift)
             if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o6000:
                 os.chmod(entry, stat.S_IMODE(st.st_mode))  # chown clears setuid; restore it
