@@ -180,8 +180,36 @@ class ContainerDriver(Driver):
         if any((guest.plan.io_read_bps, guest.plan.io_write_bps,
                 guest.plan.io_read_iops, guest.plan.io_write_iops)):
             self._apply_io(guest, guest.plan)
+        if guest.plan.bandwidth_mbit:
+            self._apply_bandwidth(guest, guest.plan.bandwidth_mbit)
+
+    def host_link(self, guest: Guest) -> str | None:
+        """The host end of the container's veth (LXC names it; we look it up)."""
+        out = self._lxc("info", guest, check=False).stdout
+        for line in out.splitlines():
+            if line.strip().startswith("Link:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def _apply_bandwidth(self, guest: Guest, mbit: int) -> None:
+        from vpshost.host import network
+
+        link = self.host_link(guest)
+        if link is None:
+            return
+        if mbit:
+            network.set_egress_limit(link, mbit)  # what the container downloads
+            network.set_ingress_limit(link, mbit)  # what it uploads
+        else:
+            network.clear_limits(link)
 
     def stop(self, guest: Guest, timeout: float) -> None:
+        if guest.plan.bandwidth_mbit:
+            link = self.host_link(guest)
+            if link:
+                from vpshost.host import network
+
+                network.clear_limits(link)  # its IFB would outlive the veth otherwise
         # lxc-stop sends the image's halt signal, waits, then kills what is left.
         self._lxc("stop", guest, "-t", str(int(max(1, timeout))), timeout=timeout + 30,
                   check=False)
