@@ -9,6 +9,7 @@ PACKAGES=(
   nftables iproute2 socat                       # networking, port forwards, consoles
   e2fsprogs procps psmisc ca-certificates
   python3 python3-venv python3-pip
+  chromium                                      # the web page's test renders it headless
 )
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }

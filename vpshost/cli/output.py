@@ -52,8 +52,9 @@ def instance_detail(i: dict[str, Any]) -> None:
     con.print(f"[bold]{i['name']}[/]  {i['type']}  [{STATE_STYLE.get(i['state'], 'cyan')}]"
               f"{i['state']}[/]")
     fields = [("image", i["image"]), ("address", i["ip"] or "-"), ("host", i["host"]),
-              ("tenant", i["tenant"]), ("limits", _limits(i)),
-              ("privileged", "yes" if i["privileged"] else "no (user namespace)")]
+              ("tenant", i["tenant"]), ("limits", _limits(i))]
+    if i["type"] == "container":
+        fields.append(("privileged", "yes" if i["privileged"] else "no (user namespace)"))
     for k in ("io_read_bps", "io_write_bps", "io_read_iops", "io_write_iops",
               "bandwidth_mbit", "cpu_weight"):
         if i.get(k) and not (k == "cpu_weight" and i[k] == 100):
