@@ -44,7 +44,7 @@ BUILTIN = {
 }
 TINY_MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_balloon", "virtio_rng",
                 "virtio_console", "ext4", "crc32c_generic", "button", "evdev"]
-TINY_VERSION = 2  # bump when the init or agent changes: the boot files are rebuilt
+TINY_VERSION = 3  # bump when the init or agent changes: the boot files are rebuilt
 TINY_DISK_MB = 1024  # the empty ext4 data disk of `tiny`; overlays may be larger
 DEBIAN_DISK_MB = 2048
 AGENT_PORT_TINY = "vpshost.agent"
@@ -361,7 +361,7 @@ while true; do
       *) echo "$id 127 b b$(echo "unknown verb $verb" | base64 -w0)" >&3 ;;
     esac
   done
-  sleep 0.1
+  sleep 0.3
 done
 """
 
