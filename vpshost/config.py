@@ -49,6 +49,26 @@ class ContainerConfig:
 
 
 @dataclass
+class Ratios:
+    """How far one guest type may oversell a host: committed / physical."""
+
+    vcpu: float = 4.0
+    memory: float = 1.0
+    disk: float = 1.0
+
+
+@dataclass
+class OvercommitConfig:
+    container: Ratios = field(default_factory=Ratios)
+    vm: Ratios = field(default_factory=Ratios)
+    xen: Ratios = field(default_factory=Ratios)
+
+    def for_type(self, kind: str) -> Ratios:
+        ratios: Ratios = getattr(self, kind, Ratios())
+        return ratios
+
+
+@dataclass
 class Config:
     state_dir: Path = Path("/var/lib/vpshost")
     cache_dir: Path = Path("/var/cache/vpshost")
@@ -56,6 +76,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
+    overcommit: OvercommitConfig = field(default_factory=OvercommitConfig)
 
     @property
     def database_url(self) -> str:
