@@ -4,7 +4,7 @@ The file is ``$VPS_CONFIG`` or ``/etc/vpshost/config.toml``; sections mirror the
 dataclasses below (``[network] subnet = "10.88.0.0/16"``). Environment overrides:
 
   VPS_STATE_DIR, VPS_CACHE_DIR, VPS_DB_URL, VPS_SUBNET, VPS_SUBNET6, VPS_BRIDGE_PREFIX,
-  VPS_NAT_PREFIX, VPS_SERVER, VPS_TOKEN
+  VPS_NAT_PREFIX, VPS_SERVER, VPS_TOKEN, VPS_RECLAIM_THRESHOLD_MB
 """
 
 from __future__ import annotations
@@ -69,6 +69,19 @@ class OvercommitConfig:
 
 
 @dataclass
+class ReclaimConfig:
+    """Balloon reclaim of idle VMs when host memory runs short (vpshost/service/reclaim.py)."""
+
+    free_threshold_mb: int = 1024  # reclaim when MemAvailable falls below this
+    idle_cpu_pct: float = 10.0  # a VM using less CPU than this over the window is idle
+    window_s: float = 10.0
+    floor_pct: int = 50  # shrink to this share of the plan's memory ...
+    floor_min_mb: int = 64  # ... but never below this
+    interval_s: float = 30.0  # how often `vps serve` runs a pass; 0 disables it
+    ksm: bool = True  # switch KSM on while VMs run (identical pages merged)
+
+
+@dataclass
 class Config:
     state_dir: Path = Path("/var/lib/vpshost")
     cache_dir: Path = Path("/var/cache/vpshost")
@@ -77,6 +90,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     overcommit: OvercommitConfig = field(default_factory=OvercommitConfig)
+    reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
 
     @property
     def database_url(self) -> str:
@@ -101,6 +115,7 @@ _ENV: dict[str, tuple[str, ...]] = {
     "VPS_NAT_TABLE": ("network", "nft_table"),
     "VPS_SERVER": ("server", "url"),
     "VPS_TOKEN": ("server", "token"),
+    "VPS_RECLAIM_THRESHOLD_MB": ("reclaim", "free_threshold_mb"),
 }
 
 
