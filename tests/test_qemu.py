@@ -175,6 +175,27 @@ def test_io_limit_seen_by_dd(driver: QemuDriver, vm: Guest) -> None:
     assert free > 2 * limited, f"unlimited {free:.2f} MiB/s vs limited {limited:.2f}"
 
 
+def test_cpu_cap_in_qemu_cgroup_and_bandwidth_on_tap(driver: QemuDriver, vm: Guest) -> None:
+    from vpshost.drivers.qemu.limits import cgroup_dir
+
+    driver.set_limits(vm, Plan(memory_mb=256, disk_mb=256, cpu_cap_pct=20,
+                               bandwidth_mbit=10))
+    try:
+        d = cgroup_dir(vm.name)
+        pid = qemu_pid(VmPaths(vm.dir))
+        assert str(pid) in (d / "cgroup.procs").read_text().split()
+        quota = d / "cpu.cfs_quota_us"
+        if quota.exists():
+            assert quota.read_text().strip() == "20000"
+        else:
+            assert (d / "cpu.max").read_text().split()[0] == "20000"
+        tc = subprocess.run(["tc", "qdisc", "show", "dev", network.tap_name(vm.id)],
+                            capture_output=True, text=True).stdout
+        assert "tbf" in tc and "10Mbit" in tc
+    finally:
+        driver.set_limits(vm, Plan(memory_mb=256, disk_mb=256))
+
+
 def test_console_log_and_argv(driver: QemuDriver, vm: Guest) -> None:
     assert "vpshost: userspace up" in (vm.dir / "console.log").read_text(errors="replace")
     argv = driver.console_argv(vm)

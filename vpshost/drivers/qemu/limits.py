@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from vpshost.errors import RuntimeFailure
@@ -55,10 +56,21 @@ def apply_cpu(name: str, pid: int, plan: Plan) -> Path:
     return d
 
 
-def remove_cpu(name: str) -> None:
-    """Remove the (empty, QEMU gone) cgroup; harmless when absent or still busy."""
-    with contextlib.suppress(OSError):
-        cgroup_dir(name).rmdir()
+def remove_cpu(name: str, wait: float = 3.0) -> None:
+    """Remove the VM's cgroup once QEMU is gone. A process that just died stays a
+    member for a moment (EBUSY), so retry briefly; give up quietly after ``wait``."""
+    d = cgroup_dir(name)
+    end = time.monotonic() + wait
+    while d.exists():
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > end:
+                log.warning("cgroup %s still busy; left in place", d)
+                return
+            time.sleep(0.05)
 
 
 def apply_bandwidth(tap: str, mbit: int) -> None:
