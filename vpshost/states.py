@@ -26,7 +26,7 @@ TRANSIENT = frozenset({State.CREATING, State.STARTING, State.STOPPING,
 
 S = State
 # operation -> (states it may start from, transient state while it runs, state on success)
-OPERATIONS: dict[str, tuple[frozenset[State], State | None, State]] = {
+OPERATIONS: dict[str, tuple[frozenset[State], State | None, State | None]] = {
     "start": (frozenset({S.STOPPED}), S.STARTING, S.RUNNING),
     "stop": (frozenset({S.RUNNING, S.PAUSED}), S.STOPPING, S.STOPPED),
     "restart": (frozenset({S.RUNNING}), S.STARTING, S.RUNNING),
@@ -37,7 +37,8 @@ OPERATIONS: dict[str, tuple[frozenset[State], State | None, State]] = {
     "resize": (frozenset({S.STOPPED, S.RUNNING}), None, S.STOPPED),
     "snapshot": (frozenset({S.STOPPED, S.RUNNING, S.PAUSED}), None, S.STOPPED),
     "restore": (frozenset({S.STOPPED, S.RUNNING, S.PAUSED}), None, S.STOPPED),
-    "migrate": (frozenset({S.STOPPED, S.RUNNING}), S.MIGRATING, S.RUNNING),
+    # None as the end state: it ends as it began (a stopped guest moves stopped)
+    "migrate": (frozenset({S.STOPPED, S.RUNNING}), S.MIGRATING, None),
     "exec": (frozenset({S.RUNNING}), None, S.RUNNING),
     "console": (frozenset({S.RUNNING, S.PAUSED}), None, S.RUNNING),
 }
@@ -50,7 +51,8 @@ _HINTS = {
 }
 
 
-def check(operation: str, current: State | str, name: str) -> tuple[State | None, State]:
+def check(operation: str, current: State | str,
+          name: str) -> tuple[State | None, State | None]:
     """Refuse ``operation`` unless the table allows it from ``current``.
 
     Returns (transient state to record while it runs, state on success).

@@ -107,11 +107,31 @@ class Driver(ABC):
     def delete_snapshot(self, guest: Guest, snap: str) -> None:
         raise Unsupported(self.type, "snapshots")
 
-    def migrate_send(self, guest: Guest, target: str) -> None:
-        raise Unsupported(self.type, "migration")
+    # -- moving between hosts ------------------------------------------------------
+    # Cold moves copy these files (relative to guest.dir) with the guest stopped; the
+    # target then renders everything else from the Guest at start.
+    def migration_files(self, guest: Guest) -> list[str]:
+        raise Unsupported(self.type, "moving to another host")
 
-    def migrate_receive(self, guest: Guest) -> None:
-        raise Unsupported(self.type, "migration")
+    # Live moves are a protocol of small steps, each with its undo (after Ganeti):
+    # prepare on the target, send from the source, finish on the target; abort undoes
+    # prepare. The source keeps running until the target has the guest.
+    def migrate_prepare(self, guest: Guest, listen_host: str) -> dict[str, Any]:
+        raise Unsupported(self.type, "live migration", "use a cold move (without --live)")
+
+    def migrate_send(self, guest: Guest, target: dict[str, Any], downtime_ms: int,
+                     postcopy: bool) -> dict[str, Any]:
+        raise Unsupported(self.type, "live migration", "use a cold move (without --live)")
+
+    def migrate_finish(self, guest: Guest) -> None:
+        raise Unsupported(self.type, "live migration")
+
+    def migrate_abort(self, guest: Guest) -> None:
+        raise Unsupported(self.type, "live migration")
+
+    def migrate_cleanup_source(self, guest: Guest) -> None:
+        """After a successful live move: drop what the source still holds."""
+        self.delete(guest)
 
 
 def load_driver(kind: str, config: Config) -> Driver:

@@ -243,6 +243,9 @@ class ContainerDriver(Driver):
     def console_argv(self, guest: Guest) -> list[str]:
         return ["lxc-console", "-n", guest.name, "-P", self.lxcpath, "-t", "1"]
 
+    def migration_files(self, guest: Guest) -> list[str]:
+        return ["disk.img"]  # the config is rendered from the Guest at every start
+
     def pause(self, guest: Guest) -> None:
         self._lxc("freeze", guest)
 

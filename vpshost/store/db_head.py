@@ -1,3 +1,3 @@
 """The newest Alembic revision; bump it with every new file in migrations/versions."""
 
-HEAD = "0001"
+HEAD = "0002"

@@ -55,6 +55,21 @@ class Instance(Base):
         back_populates="instance", cascade="all, delete-orphan")
 
 
+class Host(Base):
+    """A machine whose agent performs driver operations (``local`` is implicit)."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(255))
+    secret: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | draining
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime | None] = mapped_column()
+
+
 class PortForward(Base):
     __tablename__ = "port_forwards"
     __table_args__ = (UniqueConstraint("proto", "host_port"),)

@@ -1,0 +1,1 @@
+"""Several hosts: placement of guests and migration between hosts."""
