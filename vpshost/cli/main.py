@@ -375,6 +375,46 @@ def host_info(as_json: Json = False) -> None:
         typer.echo(f"{k:<18} {v}")
 
 
+@host_app.command("capacity")
+def host_capacity(as_json: Json = False) -> None:
+    """Committed against physical CPU, memory and disk per type, with overcommit ratios."""
+    from vpshost.service import capacity
+
+    data = capacity.report(local_service())
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(data)
+        return
+    from vpshost.cli.perf import capacity_table
+
+    capacity_table(data)
+
+
+@host_app.command("reclaim")
+def host_reclaim(watch: Annotated[bool, typer.Option(help="Keep running passes.")] = False,
+                 as_json: Json = False) -> None:
+    """One balloon-reclaim pass: shrink idle VMs when host memory is short (KSM on)."""
+    import time
+
+    from vpshost.cli.perf import reclaim_lines
+    from vpshost.service import reclaim
+
+    svc = local_service()
+    while True:
+        actions = reclaim.tick(svc)
+        if as_json:
+            from vpshost.cli.output import emit_json
+
+            emit_json(actions)
+        else:
+            for line in reclaim_lines(actions):
+                typer.echo(line)
+        if not watch:
+            return
+        time.sleep(svc.config.reclaim.interval_s or 30)
+
+
 @token_app.command("create")
 def token_create(tenant: Annotated[str, typer.Option(help="Tenant the token acts for.")],
                  admin: bool = False) -> None:
@@ -409,6 +449,11 @@ def main() -> None:
         if exc.hint:
             print(f"  hint: {exc.hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the host refused something (a path, a disk, a permission)
+        print(f"error: {exc}", file=sys.stderr)
+        print("  hint: a problem on this host, not in the request; fix it and retry",
+              file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
 
