@@ -32,7 +32,16 @@ from vpshost.service import views
 from vpshost.service.access import LOCAL_ADMIN, Caller, digest, new_secret
 from vpshost.states import State
 from vpshost.store.db import Database
-from vpshost.store.schema import Event, Instance, Operation, PortForward, Snapshot, Token, utcnow
+from vpshost.store.schema import (
+    Event,
+    Host,
+    Instance,
+    Operation,
+    PortForward,
+    Snapshot,
+    Token,
+    utcnow,
+)
 
 _PAST = {"start": "started", "stop": "stopped", "restart": "restarted", "pause": "paused",
          "resume": "resumed"}
@@ -47,6 +56,7 @@ class CreateRequest:
     privileged: bool = False
     start: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    host: str | None = None  # None: placement picks one
 
 
 class Service:
@@ -55,6 +65,7 @@ class Service:
         self.host = host
         self.db = Database(self.config.database_url)
         self._drivers: dict[str, Driver] = {}
+        self._remote: dict[tuple[str, str], Driver] = {}
         self._plan: Any = None
 
     # -- plumbing ----------------------------------------------------------------
@@ -62,6 +73,27 @@ class Service:
         if kind not in self._drivers:
             self._drivers[kind] = load_driver(kind, self.config)
         return self._drivers[kind]
+
+    def driver_for(self, host: str, kind: str) -> Driver:
+        """The driver for guests of ``kind`` on ``host``: in-process for this host,
+        through the host's agent otherwise."""
+        if host == self.host:
+            return self.driver(kind)
+        key = (host, kind)
+        if key not in self._remote:
+            from vpshost.agent.client import RemoteDriver
+
+            self._remote[key] = RemoteDriver(self.config, kind, self.agent(host))
+        return self._remote[key]
+
+    def agent(self, host: str) -> Any:
+        from vpshost.agent.client import AgentClient
+
+        with self.db.session() as s:
+            h = s.scalar(select(Host).where(Host.name == host))
+            if h is None:
+                raise NotFound(f"no host named '{host}'", "see `vps host list`")
+            return AgentClient(h.name, h.url, h.secret)
 
     @property
     def addresses(self) -> Any:
@@ -122,7 +154,8 @@ class Service:
             raise
         else:
             if op != "delete":  # a deleted row has no state left to set
-                self._set_state(row.id, final, event=(_PAST.get(op, op), ""))
+                self._set_state(row.id, final or State(row.state),
+                                event=(_PAST.get(op, op), ""))
 
     def _state(self, name: str) -> str:
         with self.db.session() as s:
@@ -140,7 +173,7 @@ class Service:
     def _settle(self, row: Instance, error: str) -> None:
         """After a failure: record what the host really has."""
         try:
-            power = self.driver(row.type).power(self.guest(row))
+            power = self.driver_for(row.host, row.type).power(self.guest(row))
         except VpsError:
             power = Power.ABSENT
         state = {Power.RUNNING: State.RUNNING, Power.PAUSED: State.PAUSED,
@@ -195,14 +228,17 @@ class Service:
     def create(self, req: CreateRequest, caller: Caller = LOCAL_ADMIN,
                progress: Progress = no_progress) -> dict[str, Any]:
         plan = self.check_create(req)
-        row = self._insert(req, plan, caller)
+        from vpshost.cluster import hosts as cluster_hosts
+
+        host = cluster_hosts.choose(self, req.type, plan, req.host)
+        row = self._insert(req, plan, caller, host)
         guest = self.guest(row)
         try:
-            self.driver(req.type).create(guest, progress)
+            self.driver_for(row.host, req.type).create(guest, progress)
         except BaseException as exc:
             # Roll back: nothing on disk, no address held, no row.
             with suppress(Exception):
-                self.driver(req.type).delete(guest)
+                self.driver_for(row.host, req.type).delete(guest)
             with self.db.session() as s:
                 s.execute(delete(Instance).where(Instance.id == row.id))
                 self._event(s, None, "create-failed", f"create failed and was rolled "
@@ -214,7 +250,7 @@ class Service:
             self.start(req.name, caller)
         return self.show(req.name, caller)
 
-    def _insert(self, req: CreateRequest, plan: Plan, caller: Caller) -> Instance:
+    def _insert(self, req: CreateRequest, plan: Plan, caller: Caller, host: str) -> Instance:
         for _attempt in range(5):
             try:
                 with self.db.session() as s:
@@ -229,7 +265,7 @@ class Service:
                                               .where(Instance.ip6.is_not(None))))
                         ip6 = self.addresses.allocate6(used6)
                     row = Instance(name=req.name, type=req.type, tenant=caller.tenant,
-                                   host=self.host, state=str(State.CREATING),
+                                   host=host, state=str(State.CREATING),
                                    image=req.image, privileged=req.privileged, ip=ip, ip6=ip6,
                                    options=req.options, busy_pid=os.getpid(),
                                    **{f: getattr(plan, f) for f in views.PLAN_FIELDS})
@@ -256,15 +292,16 @@ class Service:
     def start(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
         with self._transition(name, caller, "start") as row:
             guest = self.guest(row)
-            self._ensure_network(guest)
-            self.driver(row.type).start(guest)
+            if row.host == self.host:  # an agent prepares its own host's network
+                self._ensure_network(guest)
+            self.driver_for(row.host, row.type).start(guest)
         return self.view(name, caller)
 
     def stop(self, name: str, caller: Caller = LOCAL_ADMIN,
              timeout: float | None = None) -> dict[str, Any]:
         with self._transition(name, caller, "stop") as row:
             t = self.config.container.stop_timeout if timeout is None else timeout
-            self.driver(row.type).stop(self.guest(row), t)
+            self.driver_for(row.host, row.type).stop(self.guest(row), t)
         return self.view(name, caller)
 
     def restart(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
@@ -273,12 +310,12 @@ class Service:
 
     def pause(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
         with self._transition(name, caller, "pause") as row:
-            self.driver(row.type).pause(self.guest(row))
+            self.driver_for(row.host, row.type).pause(self.guest(row))
         return self.view(name, caller)
 
     def resume(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
         with self._transition(name, caller, "resume") as row:
-            self.driver(row.type).resume(self.guest(row))
+            self.driver_for(row.host, row.type).resume(self.guest(row))
         return self.view(name, caller)
 
     def delete(self, name: str, caller: Caller = LOCAL_ADMIN, force: bool = False) -> None:
@@ -286,7 +323,7 @@ class Service:
             self.stop(name, caller, timeout=0)
         with self._transition(name, caller, "delete") as row:
             had_ports = self._has_ports(row.id)
-            self.driver(row.type).delete(self.guest(row))
+            self.driver_for(row.host, row.type).delete(self.guest(row))
             with self.db.session() as s:
                 s.execute(delete(Instance).where(Instance.id == row.id))
                 self._event(s, None, "deleted", f"{row.type} deleted", name=name)
@@ -297,6 +334,39 @@ class Service:
         with self.db.session() as s:
             return bool(s.scalar(select(func.count()).select_from(PortForward)
                                  .where(PortForward.instance_id == instance_id)))
+
+    # -- hosts and migration -----------------------------------------------------
+    def migrate(self, name: str, to: str | None = None, live: bool = False,
+                frozen: bool = False, postcopy: bool = False, downtime_ms: int = 300,
+                caller: Caller = LOCAL_ADMIN,
+                progress: Progress = no_progress) -> dict[str, Any]:
+        """Move a guest to another host (placement picks one when ``to`` is None)."""
+        from vpshost.cluster import hosts as cluster_hosts
+        from vpshost.cluster import migration
+
+        if downtime_ms < 1:
+            raise UsageError("the downtime limit must be at least 1 ms")
+        with self._transition(name, caller, "migrate") as row:
+            target = cluster_hosts.choose(self, row.type, views.plan_of(row), to,
+                                          exclude=row.host)
+            if target == row.host:
+                raise UsageError(f"'{name}' is already on host {target}")
+            guest = self.guest(row)
+            src = self.driver_for(row.host, row.type)
+            dst = self.driver_for(target, row.type)
+            if live and row.state == State.RUNNING:
+                stats = migration.live(self, guest, target, src, dst, downtime_ms, postcopy,
+                                       progress)
+            else:
+                stats = migration.cold(self, guest, row.host, target, src, dst, frozen,
+                                       progress)
+            with self.db.session() as s:
+                s.execute(update(Instance).where(Instance.id == row.id).values(host=target))
+                self._event(s, row, "migrated", f"{row.host} -> {target}: " + ", ".join(
+                    f"{k}={v}" for k, v in stats.items() if k != "files"))
+        out = self.view(name, caller)
+        out["migration"] = stats
+        return out
 
     # -- reading -----------------------------------------------------------------
     def view(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:
@@ -324,7 +394,7 @@ class Service:
                 select(Event).where(Event.instance == name).order_by(Event.id.desc())
                 .limit(20))]
         if stats and row.state == State.RUNNING:
-            out["stats"] = self.driver(row.type).stats(self.guest(row))
+            out["stats"] = self.driver_for(row.host, row.type).stats(self.guest(row))
         return out
 
     def events(self, name: str | None = None, caller: Caller = LOCAL_ADMIN,
@@ -346,13 +416,13 @@ class Service:
         with self.db.session() as s:
             row = self._row(s, name, caller)
         states.check("exec", row.state, name)
-        return self.driver(row.type).exec(self.guest(row), argv, timeout)
+        return self.driver_for(row.host, row.type).exec(self.guest(row), argv, timeout)
 
     def console_argv(self, name: str, caller: Caller = LOCAL_ADMIN) -> builtins.list[str]:
         with self.db.session() as s:
             row = self._row(s, name, caller)
         states.check("console", row.state, name)
-        return self.driver(row.type).console_argv(self.guest(row))
+        return self.driver_for(row.host, row.type).console_argv(self.guest(row))
 
     # -- resize and snapshots ----------------------------------------------------
     def resize(self, name: str, caller: Caller = LOCAL_ADMIN,
@@ -369,7 +439,7 @@ class Service:
         if new.disk_mb < row.disk_mb:
             raise UsageError("disks only grow", f"the disk is {row.disk_mb}M now")
         if row.state == State.RUNNING:
-            self.driver(row.type).set_limits(self.guest(row), new)
+            self.driver_for(row.host, row.type).set_limits(self.guest(row), new)
         with self.db.session() as s:
             s.execute(update(Instance).where(Instance.id == row.id)
                       .values(**{f: getattr(new, f) for f in views.PLAN_FIELDS}))
@@ -386,7 +456,7 @@ class Service:
                 raise Conflict(f"'{name}' already has a snapshot '{snap}'",
                                "pick another name or delete it first")
         states.check("snapshot", row.state, name)
-        self.driver(row.type).snapshot(self.guest(row), snap)
+        self.driver_for(row.host, row.type).snapshot(self.guest(row), snap)
         with self.db.session() as s:
             s.add(Snapshot(instance_id=row.id, name=snap,
                            with_memory=row.state != State.STOPPED))
@@ -413,8 +483,8 @@ class Service:
             row = self._row(s, name, caller)
             sn = self._snapshot_row(s, row, snap)
         states.check("restore", row.state, name)
-        self.driver(row.type).restore(self.guest(row), snap)
-        power = self.driver(row.type).power(self.guest(row))
+        self.driver_for(row.host, row.type).restore(self.guest(row), snap)
+        power = self.driver_for(row.host, row.type).power(self.guest(row))
         state = State.RUNNING if power is Power.RUNNING else (
             State.PAUSED if power is Power.PAUSED else State.STOPPED)
         self._set_state(row.id, state)
@@ -425,7 +495,7 @@ class Service:
         with self.db.session() as s:
             row = self._row(s, name, caller)
             self._snapshot_row(s, row, snap)
-        self.driver(row.type).delete_snapshot(self.guest(row), snap)
+        self.driver_for(row.host, row.type).delete_snapshot(self.guest(row), snap)
         with self.db.session() as s:
             s.execute(delete(Snapshot).where(Snapshot.instance_id == row.id,
                                              Snapshot.name == snap))
@@ -591,7 +661,7 @@ class Service:
 
     def _reconcile_one(self, row: Instance) -> str | None:
         guest = self.guest(row)
-        drv = self.driver(row.type)
+        drv = self.driver_for(row.host, row.type)
         if row.state in (State.CREATING, State.DELETING):
             drv.delete(guest)
             with self.db.session() as s:
