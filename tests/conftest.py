@@ -98,6 +98,11 @@ class Env:
         """Delete a guest if it exists, whatever its state; never raises."""
         from vpshost.service.core import Service
 
+        # Kill it outright first: a clean shutdown of busybox init takes seconds and
+        # cleanup need not be graceful.
+        with suppress(Exception):
+            subprocess.run(["lxc-stop", "-k", "-n", name, "-P", str(self.guests_dir)],
+                           capture_output=True, timeout=30)
         with suppress(Exception):
             # A fresh Service: reconcile first, in case a test left a transient state.
             svc = Service(self.config)
