@@ -18,7 +18,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name) or "--" in name:
+    # fullmatch: '$' alone would also accept a trailing newline ('web\n')
+    if not _NAME.fullmatch(name) or "--" in name:
         raise UsageError(
             f"invalid name '{name}'",
             "use 2-32 characters: lower-case letters, digits and single hyphens, "
