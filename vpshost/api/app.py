@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -353,5 +353,16 @@ def create_app(service: Service | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/metrics", tags=["host"], response_class=PlainTextResponse)
+    def metrics_route(who: Who) -> PlainTextResponse:
+        """Prometheus text format: a series per running instance (labels name, type,
+        tenant) plus host memory, PSI and KSM. Needs a bearer token like every route:
+        an admin token sees every instance, a tenant's token its own."""
+        from vpshost import metrics
+
+        svc = api.service
+        text = metrics.prometheus(metrics.collect(svc, who), metrics.host_sample(), svc.host)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

@@ -415,6 +415,16 @@ def host_reclaim(watch: Annotated[bool, typer.Option(help="Keep running passes."
         time.sleep(svc.config.reclaim.interval_s or 30)
 
 
+@app.command()
+def top(once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+        interval: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0
+        ) -> None:
+    """Live view of running guests: CPU, wait (steal), throttling, memory, disk, net, PSI."""
+    from vpshost.cli.top import run_top
+
+    run_top(local_service(), once=once, interval=interval)
+
+
 @token_app.command("create")
 def token_create(tenant: Annotated[str, typer.Option(help="Tenant the token acts for.")],
                  admin: bool = False) -> None:
