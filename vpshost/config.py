@@ -49,6 +49,14 @@ class ContainerConfig:
 
 
 @dataclass
+class ClusterConfig:
+    # Routed guest networks: the control plane's host routes each guest's /32 to the
+    # host that runs it, and moves the route when the guest migrates (hosts then keep
+    # their own bridges and gateways, as OpenVZ's routed venet did).
+    route_guests: bool = False
+
+
+@dataclass
 class Ratios:
     """How far one guest type may oversell a host: committed / physical."""
 
@@ -90,6 +98,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     overcommit: OvercommitConfig = field(default_factory=OvercommitConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
 
     @property

@@ -26,6 +26,9 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against the raw t
 for sub, name in ((image_app, "image"), (port_app, "port"), (snap_app, "snapshot"),
                   (host_app, "host"), (token_app, "token"), (bench_app, "bench")):
     app.add_typer(sub, name=name)
+from vpshost.cli.lab import lab_app  # noqa: E402
+
+app.add_typer(lab_app, name="lab")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Name = Annotated[str, typer.Argument(help="Instance name.")]
@@ -413,6 +416,118 @@ def host_reclaim(watch: Annotated[bool, typer.Option(help="Keep running passes."
         if not watch:
             return
         time.sleep(svc.config.reclaim.interval_s or 30)
+
+
+@host_app.command("add")
+def host_add(name: str, url: Annotated[str, typer.Option(help="The agent, http://ADDR:PORT")],
+             secret: Annotated[str | None, typer.Option(help="The agent's shared secret.")] = None,
+             secret_file: Annotated[str | None, typer.Option()] = None,
+             as_json: Json = False) -> None:
+    """Register a host whose `vps agent` runs at URL."""
+    from pathlib import Path
+
+    if not secret and not secret_file:
+        raise UsageError("give the agent's secret", "--secret S or --secret-file FILE")
+    value = secret or Path(secret_file or "").read_text().strip()
+    data = local_service().host_add(name, url, value)
+    _print_hosts([data], as_json)
+
+
+def _print_hosts(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("HOST", "STATE", "URL", "CORES", "MEMORY", "GUESTS", "VCPUS", "MEM USED",
+                "KVM"):
+        table.add_column(col, no_wrap=True)
+    for h in rows:
+        table.add_row(h["name"], h["state"], h["url"], str(h["cores"]),
+                      f"{h['memory_mb']}M", str(h["guests"]), str(h["vcpus_committed"]),
+                      f"{h['memory_committed_mb']}M", str(h["kvm"]))
+    Console().print(table)
+
+
+@host_app.command("list")
+def host_list(as_json: Json = False) -> None:
+    """Registered hosts with what is committed on each."""
+    _print_hosts(local_service().host_list(), as_json)
+
+
+@host_app.command("show")
+def host_show(name: str, as_json: Json = False) -> None:
+    data = local_service().host_show(name)
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(data)
+        return
+    _print_hosts([data], False)
+    typer.echo("guests: " + (", ".join(data["instances"]) or "none"))
+
+
+@host_app.command("remove")
+def host_remove(name: str) -> None:
+    """Forget a host (it must have no guests)."""
+    local_service().host_remove(name)
+    typer.echo(f"host {name}: removed")
+
+
+@host_app.command("drain")
+def host_drain(name: str) -> None:
+    """Move every guest off a host and stop placing new ones there."""
+    moved = local_service().host_drain(name, progress=progress_printer())
+    for m in moved:
+        mig = m["migration"]
+        typer.echo(f"{m['name']}: now on {m['host']} ({mig['mode']}, "
+                   f"downtime {mig.get('downtime_ms', '?')} ms)")
+    typer.echo(f"host {name}: drained ({len(moved)} guest(s) moved)")
+
+
+@host_app.command("activate")
+def host_activate(name: str) -> None:
+    """Let placement use a drained host again."""
+    local_service().host_activate(name)
+    typer.echo(f"host {name}: active")
+
+
+@app.command()
+def migrate(name: Name,
+            to: Annotated[str | None, typer.Option("--to", help="Target host.")] = None,
+            live: Annotated[bool, typer.Option(help="VMs: move while running.")] = False,
+            frozen: Annotated[bool, typer.Option(
+                help="Containers: freeze instead of stopping while the disk copies.")] = False,
+            postcopy: Annotated[bool, typer.Option(help="Switch to post-copy.")] = False,
+            downtime_ms: Annotated[int, typer.Option(help="Live: most downtime.")] = 300,
+            as_json: Json = False) -> None:
+    """Move a guest to another host."""
+    data = local_service().migrate(name, to=to, live=live, frozen=frozen, postcopy=postcopy,
+                                   downtime_ms=downtime_ms, progress=progress_printer())
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(data)
+        return
+    mig = data["migration"]
+    typer.echo(f"{name}: now on {data['host']} ({mig['mode']}; downtime "
+               f"{mig.get('downtime_ms', '?')} ms, total {mig.get('total_ms', '?')} ms)")
+
+
+@app.command()
+def agent(listen: Annotated[str, typer.Option(help="HOST:PORT")] = "0.0.0.0:8421",
+          secret_file: Annotated[str | None, typer.Option(
+              help="Default: <state_dir>/agent.secret")] = None) -> None:
+    """Run this host's agent for a control plane."""
+    from pathlib import Path
+
+    from vpshost.agent.server import run_agent
+
+    run_agent(listen, Path(secret_file) if secret_file else None)
 
 
 @app.command()

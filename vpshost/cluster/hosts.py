@@ -135,6 +135,22 @@ def remove(svc: Service, name: str) -> None:
     svc.record(None, "host-removed", name)
 
 
+def route_guest(svc: Service, ip: str | None, host: str) -> None:
+    """Routed mode: send the guest's /32 to the host that runs it (or drop the route
+    when it runs on this host or is gone)."""
+    if not (svc.config.cluster.route_guests and ip):
+        return
+    from urllib.parse import urlparse
+
+    from vpshost.runner import run
+
+    if host == svc.host:
+        run(["ip", "route", "del", f"{ip}/32"], check=False)
+        return
+    via = urlparse(svc.agent(host).url).hostname or ""
+    run(["ip", "route", "replace", f"{ip}/32", "via", via])
+
+
 def set_state(svc: Service, name: str, state: str) -> None:
     with svc.db.session() as s:
         h = s.scalar(select(Host).where(Host.name == name))

@@ -9,7 +9,7 @@ it, and any failure leaves it there with the target cleaned up.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -47,7 +47,7 @@ def _write(svc: Service, host: str, guest: Guest, filename: str,
 
 
 def cold(svc: Service, guest: Guest, source: str, target: str, src: Driver, dst: Driver,
-         frozen: bool, progress: Progress) -> dict[str, Any]:
+         frozen: bool, progress: Progress, switched: Callable[[], None]) -> dict[str, Any]:
     """Stop (or freeze) on the source, copy, start on the target if it was running."""
     t0 = time.monotonic()
     was_running = src.power(guest) in (Power.RUNNING, Power.PAUSED)
@@ -80,6 +80,7 @@ def cold(svc: Service, guest: Guest, source: str, target: str, src: Driver, dst:
                     src.start(guest)
         raise
     up_at = time.monotonic()
+    switched()
     src.delete(guest)
     return {"mode": "frozen" if frozen else "cold", "files": files,
             "downtime_ms": round((up_at - down_at) * 1000) if was_running else 0,
@@ -87,7 +88,8 @@ def cold(svc: Service, guest: Guest, source: str, target: str, src: Driver, dst:
 
 
 def live(svc: Service, guest: Guest, target: str, src: Driver, dst: Driver,
-         downtime_ms: int, postcopy: bool, progress: Progress) -> dict[str, Any]:
+         downtime_ms: int, postcopy: bool, progress: Progress,
+         switched: Callable[[], None]) -> dict[str, Any]:
     if target == svc.host:
         raise UsageError("live migration needs a registered target host",
                          "move to a host added with `vps host add`")
@@ -104,6 +106,7 @@ def live(svc: Service, guest: Guest, target: str, src: Driver, dst: Driver,
         with suppress(VpsError):
             dst.migrate_abort(guest)
         raise
+    switched()  # traffic goes to the target before the source is cleaned up
     src.migrate_cleanup_source(guest)
     stats = dict(stats)
     stats.setdefault("total_ms", round((time.monotonic() - t0) * 1000))

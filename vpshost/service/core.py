@@ -135,6 +135,7 @@ class Service:
             row = self._row(s, name, caller)
             allowed, transient, final = states.OPERATIONS[op]
             states.check(op, row.state, name)
+            before = State(row.state)  # the UPDATE below also changes the loaded row
             moved = s.execute(
                 update(Instance)
                 .where(Instance.id == row.id, Instance.state.in_([str(a) for a in allowed]))
@@ -154,7 +155,7 @@ class Service:
             raise
         else:
             if op != "delete":  # a deleted row has no state left to set
-                self._set_state(row.id, final or State(row.state),
+                self._set_state(row.id, final or before,
                                 event=(_PAST.get(op, op), ""))
 
     def _state(self, name: str) -> str:
@@ -295,6 +296,7 @@ class Service:
             if row.host == self.host:  # an agent prepares its own host's network
                 self._ensure_network(guest)
             self.driver_for(row.host, row.type).start(guest)
+            self._route(row.ip, row.host)
         return self.view(name, caller)
 
     def stop(self, name: str, caller: Caller = LOCAL_ADMIN,
@@ -324,6 +326,7 @@ class Service:
         with self._transition(name, caller, "delete") as row:
             had_ports = self._has_ports(row.id)
             self.driver_for(row.host, row.type).delete(self.guest(row))
+            self._route(row.ip, self.host)
             with self.db.session() as s:
                 s.execute(delete(Instance).where(Instance.id == row.id))
                 self._event(s, None, "deleted", f"{row.type} deleted", name=name)
@@ -354,12 +357,15 @@ class Service:
             guest = self.guest(row)
             src = self.driver_for(row.host, row.type)
             dst = self.driver_for(target, row.type)
+            def switched() -> None:
+                self._route(row.ip, target)
+
             if live and row.state == State.RUNNING:
                 stats = migration.live(self, guest, target, src, dst, downtime_ms, postcopy,
-                                       progress)
+                                       progress, switched)
             else:
                 stats = migration.cold(self, guest, row.host, target, src, dst, frozen,
-                                       progress)
+                                       progress, switched)
             with self.db.session() as s:
                 s.execute(update(Instance).where(Instance.id == row.id).values(host=target))
                 self._event(s, row, "migrated", f"{row.host} -> {target}: " + ", ".join(
@@ -367,6 +373,54 @@ class Service:
         out = self.view(name, caller)
         out["migration"] = stats
         return out
+
+    def _route(self, ip: str | None, host: str) -> None:
+        if self.config.cluster.route_guests:
+            from vpshost.cluster import hosts
+
+            hosts.route_guest(self, ip, host)
+
+    def host_add(self, name: str, url: str, secret: str) -> dict[str, Any]:
+        from vpshost.cluster import hosts
+
+        return hosts.add(self, name, url, secret)
+
+    def host_list(self) -> builtins.list[dict[str, Any]]:
+        from vpshost.cluster import hosts
+
+        return hosts.list_hosts(self)
+
+    def host_show(self, name: str) -> dict[str, Any]:
+        from vpshost.cluster import hosts
+
+        return hosts.show(self, name)
+
+    def host_remove(self, name: str) -> None:
+        from vpshost.cluster import hosts
+
+        hosts.remove(self, name)
+
+    def host_drain(self, name: str, progress: Progress = no_progress
+                   ) -> builtins.list[dict[str, Any]]:
+        """Stop placing guests on ``name`` and move every guest it has elsewhere:
+        running VMs live, everything else cold."""
+        from vpshost.cluster import hosts
+
+        hosts.set_state(self, name, "draining")
+        self.record(None, "host-draining", name)
+        moved = []
+        for inst in hosts.show(self, name)["instances"]:
+            row = self.view(inst)
+            live = row["type"] == "vm" and row["state"] == State.RUNNING
+            progress(f"moving {inst} ({'live' if live else 'cold'})")
+            moved.append(self.migrate(inst, live=live, progress=progress))
+        return moved
+
+    def host_activate(self, name: str) -> None:
+        from vpshost.cluster import hosts
+
+        hosts.set_state(self, name, "active")
+        self.record(None, "host-active", name)
 
     # -- reading -----------------------------------------------------------------
     def view(self, name: str, caller: Caller = LOCAL_ADMIN) -> dict[str, Any]:

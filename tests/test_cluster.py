@@ -1,0 +1,171 @@
+"""Several hosts (network namespaces with their own agents) and moves between them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster_env import control_plane_env, destroy_hosts, make_hosts
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("lxc-start"),
+    reason="needs root and LXC: hosts are network namespaces running real agents")
+
+TAG = "c"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, Any]]:
+    root = Path(tempfile.mkdtemp(prefix="vpsclu-", dir="/var/tmp"))
+    root.chmod(0o755)
+    hosts = make_hosts(root, 2, TAG)
+    env = control_plane_env(root / "control")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    from vpshost.service import Service
+
+    svc = Service()
+    for h in hosts:
+        svc.host_add(h.name, h.url, h.secret)
+    try:
+        yield {"svc": svc, "hosts": hosts, "root": root}
+    finally:
+        for inst in svc.list():
+            try:
+                svc.delete(inst["name"], force=True)
+            except Exception:  # noqa: BLE001 - keep tearing down
+                pass
+        destroy_hosts(hosts, TAG)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _create(svc: Any, name: str, host: str | None = None, **plan: Any) -> dict[str, Any]:
+    from vpshost.models import Plan
+    from vpshost.service import CreateRequest
+
+    p = Plan(**{"memory_mb": 64, "disk_mb": 64, **plan})
+    return svc.create(CreateRequest(name=name, image="busybox", plan=p, host=host,
+                                    start=True))
+
+
+def test_hosts_registered_with_their_resources(cluster: dict[str, Any]) -> None:
+    rows = cluster["svc"].host_list()
+    assert [r["name"] for r in rows] == ["h0", "h1"]
+    for r in rows:
+        assert r["state"] == "active" and r["cores"] >= 1 and r["memory_mb"] > 0
+        assert r["types"]["container"] is True
+
+
+def test_wrong_secret_is_refused(cluster: dict[str, Any]) -> None:
+    from vpshost.errors import Unauthorized
+
+    with pytest.raises(Unauthorized, match="secret"):
+        cluster["svc"].host_add("bad", cluster["hosts"][0].url, "not-the-secret-at-all")
+
+
+def test_container_runs_on_its_host_and_answers_from_the_control_plane(
+        cluster: dict[str, Any]) -> None:
+    svc, hosts = cluster["svc"], cluster["hosts"]
+    inst = _create(svc, "clu-a", host="h0")
+    assert inst["host"] == "h0" and inst["state"] == "running"
+    # it really runs in h0's namespace, not here
+    assert "RUNNING" in hosts[0].run("lxc-info", "-n", "clu-a", "-P",
+                                     str(hosts[0].state_dir / "guests"), "-s").stdout
+    out = svc.exec("clu-a", ["cat", "/proc/meminfo"]).stdout
+    assert "MemTotal:          65536 kB" in out
+    # routed: the control plane reaches the guest through h0
+    assert subprocess.run(["ping", "-c", "1", "-W", "3", inst["ip"]],
+                          capture_output=True).returncode == 0 if shutil.which("ping") \
+        else svc.exec("clu-a", ["ping", "-c", "1", "-W", "3", "10.97.0.1"]).returncode == 0
+    svc.delete("clu-a", force=True)
+
+
+def test_container_cold_migration_keeps_address_and_files(cluster: dict[str, Any]) -> None:
+    svc, hosts = cluster["svc"], cluster["hosts"]
+    inst = _create(svc, "clu-m", host="h0")
+    ip = inst["ip"]
+    assert svc.exec("clu-m", ["sh", "-c", "echo kept > /root/marker; sync"]).returncode == 0
+    moved = svc.migrate("clu-m", to="h1")
+    assert moved["host"] == "h1" and moved["state"] == "running" and moved["ip"] == ip
+    assert moved["migration"]["mode"] == "cold"
+    assert svc.exec("clu-m", ["cat", "/root/marker"]).stdout.strip() == "kept"
+    eth = svc.exec("clu-m", ["ip", "-4", "addr", "show", "eth0"]).stdout
+    assert ip in eth
+    # nothing is left on the source host
+    assert not (hosts[0].state_dir / "guests" / "clu-m").exists()
+    # and the control plane reaches it on its new host (routed /32 moved)
+    route = subprocess.run(["ip", "route", "get", ip], capture_output=True,
+                           text=True).stdout
+    assert hosts[1].addr in route
+    assert svc.exec("clu-m", ["ping", "-c", "1", "-W", "3", "10.97.0.1"]).returncode == 0
+    svc.delete("clu-m", force=True)
+
+
+def test_frozen_migration(cluster: dict[str, Any]) -> None:
+    svc = cluster["svc"]
+    _create(svc, "clu-f", host="h1")
+    svc.exec("clu-f", ["sh", "-c", "echo frozen > /root/f; sync"])
+    moved = svc.migrate("clu-f", to="h0", frozen=True)
+    assert moved["host"] == "h0" and moved["migration"]["mode"] == "frozen"
+    assert svc.exec("clu-f", ["cat", "/root/f"]).stdout.strip() == "frozen"
+    svc.delete("clu-f", force=True)
+
+
+def test_placement_spreads_and_refuses_when_full(cluster: dict[str, Any]) -> None:
+    from vpshost.errors import Conflict
+
+    svc = cluster["svc"]
+    a = _create(svc, "clu-p1")
+    b = _create(svc, "clu-p2")
+    assert {a["host"], b["host"]} == {"h0", "h1"}  # the emptier host is chosen
+    with pytest.raises(Conflict, match="tightest resource is memory"):
+        _create(svc, "clu-huge", memory_mb=svc.host_list()[0]["memory_mb"])
+    assert "clu-huge" not in [i["name"] for i in svc.list()]
+    # vCPUs oversell 4.0x by default: fill both hosts with 1-vCPU guests, then one more
+    room = sum(h["cores"] * 4 - h["vcpus_committed"] for h in svc.host_list())
+    fillers = [f"clu-v{i}" for i in range(room)]
+    for name in fillers:
+        _create(svc, name)
+    with pytest.raises(Conflict, match="tightest resource is vcpus") as err:
+        _create(svc, "clu-over")
+    assert "4 vCPUs" not in str(err.value) and "x 4" in str(err.value)
+    for name in ["clu-p1", "clu-p2", *fillers]:
+        svc.delete(name, force=True)
+
+
+def test_drain_moves_every_guest_off(cluster: dict[str, Any]) -> None:
+    svc = cluster["svc"]
+    _create(svc, "clu-d1", host="h0")
+    _create(svc, "clu-d2", host="h0")
+    moved = svc.host_drain("h0")
+    assert sorted(m["name"] for m in moved) == ["clu-d1", "clu-d2"]
+    assert all(m["host"] == "h1" for m in moved)
+    assert svc.host_show("h0")["instances"] == []
+    assert svc.host_show("h0")["state"] == "draining"
+    # a draining host takes no new guests
+    assert _create(svc, "clu-d3")["host"] == "h1"
+    svc.host_activate("h0")
+    for n in ("clu-d1", "clu-d2", "clu-d3"):
+        svc.delete(n, force=True)
+
+
+def test_remove_refuses_a_host_with_guests(cluster: dict[str, Any]) -> None:
+    from vpshost.errors import Conflict
+
+    svc = cluster["svc"]
+    _create(svc, "clu-r", host="h1")
+    with pytest.raises(Conflict, match="drain"):
+        svc.host_remove("h1")
+    svc.delete("clu-r", force=True)
