@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,8 @@ def cluster() -> Iterator[dict[str, Any]]:
         yield {"svc": svc, "hosts": hosts, "root": root}
     finally:
         for inst in svc.list():
-            try:
+            with suppress(Exception):  # keep tearing down
                 svc.delete(inst["name"], force=True)
-            except Exception:  # noqa: BLE001 - keep tearing down
-                pass
         destroy_hosts(hosts, TAG)
         for k, v in saved.items():
             if v is None:
