@@ -95,3 +95,72 @@ def test_cli_refuses_past_the_vcpu_ratio(vps_env) -> None:  # type: ignore[no-un
     finally:  # give the room back to the other tests of the session
         for n in made:
             vps_env.remove(n)
+
+
+def test_reclaim_floor_and_idle_rules() -> None:
+    from vpshost.config import ReclaimConfig
+    from vpshost.service.reclaim import floor_mb, idle_vms
+
+    cfg = ReclaimConfig(floor_pct=50, floor_min_mb=64)
+    assert floor_mb(512, cfg) == 256 and floor_mb(100, cfg) == 64 and floor_mb(48, cfg) == 48
+    assert idle_vms({"a": 1.0, "b": 1.0}, {"a": 1.1, "b": 3.0, "c": 0.0}, 2.0, 10.0) == ["a"]
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_balloon_reclaim_shrinks_an_idle_vm_when_memory_is_short(vps_env) -> None:  # type: ignore[no-untyped-def]
+    """A real tiny VM (TCG): a pass with the threshold above the host's free memory
+    shrinks its balloon to the floor, records it, shows it; a pass with memory
+    plentiful gives it back. Metrics see the VM too."""
+    import copy
+    import shutil
+
+    from tests.conftest import wait_for
+
+    from vpshost import metrics
+    from vpshost.host import ksm
+    from vpshost.service import CreateRequest, Service
+    from vpshost.service.reclaim import tick
+
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("needs qemu-system-x86_64")
+    name = vps_env.unique("rcl")
+    vps_env._mine.append(name)
+    try:
+        vps_env.service.create(CreateRequest(name=name, type="vm", image="tiny",
+                                             plan=Plan(memory_mb=256, disk_mb=256),
+                                             start=True))
+        cfg = copy.deepcopy(vps_env.config)
+        cfg.reclaim.free_threshold_mb = 10**9  # "memory is short", whatever the host has
+        cfg.reclaim.window_s = 2.0
+        cfg.reclaim.idle_cpu_pct = 60.0  # an idle TCG guest still ticks
+        short = Service(cfg)
+        actions = tick(short)
+        assert [a["name"] for a in actions] == [name]
+        assert actions[0]["action"] == "reclaimed" and actions[0]["to_mb"] == 128
+        if ksm.available():
+            assert ksm.status()["run"] == 1  # switched on while VMs run
+
+        def balloon() -> int:
+            return int(vps_env.service.show(name, stats=True)["stats"]["balloon_mb"])
+
+        wait_for(lambda: balloon() <= 132, "the guest to give memory back", timeout=60,
+                 interval=0.5)
+        assert tick(short) == []  # already at the floor: nothing more to take
+        ev = [e for e in vps_env.service.events(name) if e["kind"] == "reclaimed"]
+        assert ev and "256M -> 128M" in ev[0]["message"]
+        shown = vps_env.cli("show", name, "--json")
+        assert '"balloon_mb": 1' in shown.stdout and "reclaimed" in shown.stdout
+
+        sample = next(s for s in metrics.collect(vps_env.service) if s["name"] == name)
+        assert sample["type"] == "vm" and sample["cpu_seconds"] > 0
+        assert sample["memory_bytes"] > 0 and sample["io_read_bytes"] > 0
+        assert sample["net_rx_bytes"] is not None
+
+        cfg.reclaim.free_threshold_mb = 1  # memory plentiful again
+        back = tick(Service(cfg))
+        assert back and back[0]["action"] == "restored-memory" and back[0]["to_mb"] == 256
+        wait_for(lambda: balloon() >= 250, "the balloon to deflate", timeout=60,
+                 interval=0.5)
+    finally:
+        vps_env.remove(name)
