@@ -116,7 +116,6 @@ def test_balloon_reclaim_shrinks_an_idle_vm_when_memory_is_short(vps_env) -> Non
     import shutil
 
     from tests.conftest import wait_for
-
     from vpshost import metrics
     from vpshost.host import ksm
     from vpshost.service import CreateRequest, Service

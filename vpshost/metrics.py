@@ -326,11 +326,11 @@ def host_sample() -> Sample:
     for res in PSI_RESOURCES:
         for k, v in parse_psi(_read(Path("/proc/pressure") / res)).items():
             s[f"psi_{res}_{k}"] = v
-    k = ksm.status()
-    if k.get("available"):
-        s["ksm_run"] = k.get("run")
-        s["ksm_pages_sharing"] = k.get("pages_sharing")
-        s["ksm_saved_bytes"] = int(k.get("saved_mb", 0) * 2**20)
+    st = ksm.status()
+    if st.get("available"):
+        s["ksm_run"] = st.get("run")
+        s["ksm_pages_sharing"] = st.get("pages_sharing")
+        s["ksm_saved_bytes"] = int(st.get("saved_mb", 0) * 2**20)
     return s
 
 

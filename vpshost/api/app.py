@@ -336,7 +336,11 @@ def create_app(service: Service | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        from vpshost.service.reclaim import start_background
+
+        stop = start_background(api.service)  # balloon reclaim + KSM, [reclaim] interval_s
         yield
+        stop.set()
         api.close()
 
     app = FastAPI(title="vpshost", version="1", lifespan=lifespan,

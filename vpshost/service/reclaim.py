@@ -13,6 +13,8 @@ is reclaimed, and every change is an event ("reclaimed", "restored-memory").
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -24,6 +26,8 @@ from vpshost.config import ReclaimConfig
 from vpshost.errors import VpsError
 from vpshost.host import ksm
 from vpshost.store.schema import Instance
+
+log = logging.getLogger(__name__)
 
 
 def floor_mb(plan_mb: int, cfg: ReclaimConfig) -> int:
@@ -107,3 +111,22 @@ def _resize(svc: Any, drv: Any, guest: Any, target: int, current: int, kind: str
     svc.record(guest.name, kind, msg)
     return {"name": guest.name, "action": kind, "from_mb": current, "to_mb": target,
             "why": why}
+
+
+def start_background(svc: Any) -> threading.Event:
+    """Run ``tick`` every ``[reclaim] interval_s`` in a daemon thread (vps serve);
+    set the returned event to stop it. interval_s = 0 disables it."""
+    stop = threading.Event()
+    interval = svc.config.reclaim.interval_s
+    if interval <= 0:
+        return stop
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                tick(svc)
+            except Exception as exc:  # one bad pass must not end reclaim for good
+                log.warning("reclaim pass failed: %s", exc)
+
+    threading.Thread(target=loop, name="vps-reclaim", daemon=True).start()
+    return stop
