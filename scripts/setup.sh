@@ -10,6 +10,8 @@ PACKAGES=(
   e2fsprogs procps psmisc ca-certificates
   python3 python3-venv python3-pip
   chromium                                      # the web page's test renders it headless
+  postgresql                                    # the store of a cluster
+  syslinux syslinux-common mtools               # bootable test disks for VMDK import
 )
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -54,4 +56,6 @@ if [ ! -e /var/lib/lxcfs/proc/meminfo ]; then
   setsid lxcfs /var/lib/lxcfs >/var/log/lxcfs.log 2>&1 < /dev/null &
   for _ in $(seq 50); do [ -e /var/lib/lxcfs/proc/meminfo ] && break; sleep 0.1; done
 fi
+step "starting PostgreSQL"
+bash scripts/postgres.sh
 step "host ready"

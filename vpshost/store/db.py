@@ -11,9 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from vpshost.errors import RuntimeFailure
 from vpshost.store.db_head import HEAD
 
 _HERE = Path(__file__).parent
@@ -30,10 +31,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
 
 def _current_revision(engine: Engine) -> str | None:
     try:
-        with engine.connect() as conn:
+        conn = engine.connect()
+    except OperationalError as exc:
+        raise RuntimeFailure(f"cannot open the store {engine.url!r}: {exc.orig}",
+                             "check [db_url] / VPS_DB_URL and that the database runs") from None
+    with conn:
+        try:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except OperationalError:
-        return None
+        except (OperationalError, ProgrammingError):
+            return None  # a new, empty database
 
 
 def upgrade(engine: Engine) -> None:
