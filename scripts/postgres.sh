@@ -10,6 +10,8 @@ for _ in $(seq 50); do pg_isready -q -h 127.0.0.1 && break; sleep 0.2; done
 psql_do() { su postgres -c "psql -qtA -c \"$1\""; }
 [ "$(psql_do "SELECT 1 FROM pg_roles WHERE rolname='vpshost'")" = 1 ] ||
   psql_do "CREATE ROLE vpshost LOGIN PASSWORD 'vpshost'"
-[ "$(psql_do "SELECT 1 FROM pg_database WHERE datname='vpshost_test'")" = 1 ] ||
-  psql_do "CREATE DATABASE vpshost_test OWNER vpshost"
+for db in vpshost_test vpshost_cluster; do
+  [ "$(psql_do "SELECT 1 FROM pg_database WHERE datname='$db'")" = 1 ] ||
+    psql_do "CREATE DATABASE $db OWNER vpshost"
+done
 echo "PostgreSQL $ver ready: postgresql+psycopg://vpshost:vpshost@127.0.0.1/vpshost_test"

@@ -164,10 +164,34 @@ def destroy_hosts(hosts: list[NsHost], tag: str) -> None:
             sh("ip", "route", "del", line.split()[0], check=False)
 
 
+PG_URL = "postgresql+psycopg://vpshost:vpshost@127.0.0.1/vpshost_cluster"
+
+
+def fresh_postgres(url: str = PG_URL) -> bool:
+    """Empty the cluster test database; False when PostgreSQL is not running."""
+    try:
+        from sqlalchemy import create_engine, text
+
+        from vpshost.store.schema import Base
+
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        Base.metadata.drop_all(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001 - not reachable: the tests fall back to SQLite
+        return False
+
+
 def control_plane_env(state_dir: Path) -> dict[str, Any]:
-    """Environment for the control plane's Service (root namespace)."""
+    """Environment for the control plane's Service (root namespace): a cluster keeps
+    its state in PostgreSQL (SQLite when PostgreSQL is not running here)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     (state_dir / "config.toml").write_text("[cluster]\nroute_guests = true\n")
-    return {"VPS_STATE_DIR": str(state_dir), "VPS_CONFIG": str(state_dir / "config.toml"),
-            "VPS_SUBNET": GUEST_SUBNET, "VPS_BRIDGE_PREFIX": GUEST_PREFIX,
-            "VPS_NAT_TABLE": NAT_TABLE}
+    env = {"VPS_STATE_DIR": str(state_dir), "VPS_CONFIG": str(state_dir / "config.toml"),
+           "VPS_SUBNET": GUEST_SUBNET, "VPS_BRIDGE_PREFIX": GUEST_PREFIX,
+           "VPS_NAT_TABLE": NAT_TABLE}
+    if fresh_postgres():
+        env["VPS_DB_URL"] = PG_URL
+    return env
