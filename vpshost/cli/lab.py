@@ -110,3 +110,28 @@ def image_cmd(force: Annotated[bool, typer.Option(help="Rebuild even if cached."
     m = image.build(_cfg(), progress_printer(), force=force)
     for k, v in m.items():
         typer.echo(f"{k:<14} {v}")
+
+
+@lab_app.command("exec", context_settings={"allow_extra_args": True,
+                                          "ignore_unknown_options": True})
+def exec_cmd(name: Annotated[str, typer.Argument(help="Lab host name.")],
+             command: Annotated[list[str], typer.Argument(help="Command and arguments.")],
+             timeout: Annotated[float, typer.Option(help="Seconds.")] = 120.0) -> None:
+    """Run a command as root inside a lab host (over a virtio serial port)."""
+    import sys
+
+    from vpshost.lab import hosts
+
+    res = hosts.exec_in(_cfg(), name, command, timeout)
+    sys.stdout.write(res.stdout)
+    sys.stderr.write(res.stderr)
+    raise typer.Exit(res.returncode)
+
+
+@lab_app.command("sync")
+def sync_cmd(name: Annotated[str, typer.Argument(help="Lab host name.")]) -> None:
+    """Copy this working tree's vpshost code into a lab host and restart its agent."""
+    from vpshost.lab import hosts
+
+    hosts.sync_code(_cfg(), name)
+    typer.echo(f"{name}: code synced, agent restarting")

@@ -144,4 +144,8 @@ def load_driver(kind: str, config: Config) -> Driver:
         from vpshost.drivers.qemu import QemuDriver
 
         return QemuDriver(config)
+    if kind == "xen":
+        from vpshost.drivers.xen import XenDriver
+
+        return XenDriver(config)
     raise Unsupported(kind, "guests on this host", "this type's driver is not installed yet")

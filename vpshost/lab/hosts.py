@@ -157,6 +157,8 @@ def build_argv(host: LabHost, img: dict[str, Any], memory_mb: int = DEFAULT_MEMO
         "-device", "virtio-serial-pci,id=vser0",
         "-chardev", f"file,id=status,path={host.path('status.log')}",
         "-device", f"virtserialport,bus=vser0.0,chardev=status,name={lab_image.STATUS_PORT}",
+        "-chardev", f"socket,id=exec,path={host.path('exec.sock')},server=on,wait=off",
+        "-device", f"virtserialport,bus=vser0.0,chardev=exec,name={lab_image.EXEC_PORT}",
         "-device", "virtio-rng-pci",
     ]
     linux = "root=/dev/vda rw net.ifnames=0 systemd.show_status=1"
@@ -211,7 +213,7 @@ def _config_disk(cfg: Config, host: LabHost, progress: Progress) -> None:
 
 
 def _clean_runtime(host: LabHost) -> None:
-    for f in ("qemu.pid", "qmp.sock", "disk.qcow2", "config.img"):
+    for f in ("qemu.pid", "qmp.sock", "exec.sock", "disk.qcow2", "config.img"):
         with contextlib.suppress(FileNotFoundError):
             host.path(f).unlink()
 
@@ -367,3 +369,37 @@ def register(host: LabHost) -> str | None:
     if "already" in err:
         return f"host '{host.name}' was already registered"
     return f"registering failed: {err.splitlines()[-1] if err else res.returncode}"
+
+
+def exec_in(cfg: Config, name: str, argv: list[str], timeout: float = 120.0) -> Any:
+    """Run a command inside the lab host (root shell) over its exec channel: the tiny
+    agent's line protocol on a virtio serial port, independent of the network."""
+    from vpshost.drivers.qemu.agent import TinyAgent
+
+    host = _load(cfg, name)
+    if host is None or pid(host) is None:
+        raise NotFound(f"lab host '{name}' is not up", f"vps lab xen up --name {name}")
+    return TinyAgent(host.path("exec.sock")).exec(argv, timeout)
+
+
+def sync_code(cfg: Config, name: str) -> None:
+    """Replace the lab host's vpshost code with this working tree's and restart its
+    agent (for development: no reboot, no image rebuild)."""
+    import base64
+    import io
+    import tarfile
+
+    import vpshost
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(Path(vpshost.__file__).parent, arcname="vpshost",
+                filter=lambda t: None if "__pycache__" in t.name else t)
+    data = base64.b64encode(buf.getvalue()).decode()
+    script = (f"rm -rf /opt/vpslab/src.new && mkdir -p /opt/vpslab/src.new && "
+              f"echo {data} | base64 -d | tar xz -C /opt/vpslab/src.new && "
+              "rm -rf /opt/vpslab/src && mv /opt/vpslab/src.new /opt/vpslab/src && "
+              "systemctl restart vpslab-agent")
+    res = exec_in(cfg, name, ["sh", "-c", script], timeout=120)
+    if res.returncode != 0:
+        raise RuntimeFailure(f"code sync to lab host '{name}' failed: {res.stderr.strip()}")

@@ -36,7 +36,7 @@ from vpshost.config import Config
 from vpshost.errors import RuntimeFailure
 
 Progress = Callable[[str], None]
-IMAGE_VERSION = 1  # bump when the configuration stage changes
+IMAGE_VERSION = 3  # bump when the configuration stage changes
 ROOTFS_MB = 4096
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = [
@@ -54,6 +54,7 @@ AGENT_PORT = 8440
 CONFIG_LABEL = "vpslabcfg"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 STATUS_PORT = "vpslab.status"
+EXEC_PORT = "vpslab.exec"
 
 # Runs once at boot (vpslab.service): mounts the config disk, sets the address, loads
 # KVM or waits for the Xen daemons, seeds vpshost's image cache. Every line it prints
@@ -89,7 +90,8 @@ if grep -q control_d /proc/xen/capabilities 2>/dev/null; then
     sleep 1
   done
   if xl info >/dev/null 2>&1; then
-    log "xen dom0 ready: $(xl info | grep -E '^(xen_version|total_memory|free_memory)' | tr -s ' ' | tr '\n' ' ')"
+    INFO=$(xl info | grep -E '^(xen_version|total_memory|free_memory)' | tr -s ' ')
+    log "xen dom0 ready: $(echo "$INFO" | tr '\n' ' ')"
   else
     log "ERROR: xl info fails: $(xl info 2>&1 | tail -n1)"
   fi
@@ -110,6 +112,7 @@ if [ -d "$CFG/images" ]; then
     fi
   done
 fi
+rm -rf /opt/vpslab/src && mkdir -p /opt/vpslab && cp -a "$CFG/src" /opt/vpslab/src
 log "boot script done"
 """
 
@@ -134,15 +137,12 @@ AGENT_SCRIPT = r"""#!/bin/sh
 CFG=/run/vpslab/cfg
 . "$CFG/lab.env"
 STATUS=/dev/virtio-ports/vpslab.status
-export PYTHONPATH="$CFG/src" PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH=/opt/vpslab/src PYTHONDONTWRITEBYTECODE=1
 export PATH=/opt/vpshost/bin:/usr/sbin:/usr/bin:/sbin:/bin
-[ -e "$STATUS" ] && echo "$(cut -d' ' -f1 /proc/uptime) agent starting on $LAB_IP:$LAB_PORT" > "$STATUS"
-exec /opt/vpshost/venv/bin/python -c '
-import sys
-from pathlib import Path
-from vpshost.agent.server import run_agent
-run_agent(sys.argv[1], Path(sys.argv[2]))
-' "0.0.0.0:$LAB_PORT" "$CFG/secret"
+UP=$(cut -d' ' -f1 /proc/uptime)
+[ -e "$STATUS" ] && echo "$UP agent starting on $LAB_IP:$LAB_PORT" > "$STATUS"
+exec /opt/vpshost/venv/bin/python -c 'import sys, pathlib, vpshost.agent.server as a
+a.run_agent(sys.argv[1], pathlib.Path(sys.argv[2]))' "0.0.0.0:$LAB_PORT" "$CFG/secret"
 """
 
 AGENT_UNIT = """[Unit]
@@ -161,9 +161,21 @@ StandardError=journal
 WantedBy=multi-user.target
 """
 
+EXEC_UNIT = """[Unit]
+Description=vpshost lab exec channel (the tiny agent's protocol on a virtio port)
+
+[Service]
+ExecStart=/usr/local/sbin/vpslab-exec
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=sysinit.target
+"""
+
 # `vps` inside the lab host, with the code from the config disk.
 VPS_WRAPPER = """#!/bin/sh
-export PYTHONPATH=/run/vpslab/cfg/src PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH=/opt/vpslab/src PYTHONDONTWRITEBYTECODE=1
 exec /opt/vpshost/venv/bin/python -m vpshost.cli.main "$@"
 """
 
@@ -362,6 +374,12 @@ def _configure(root: Path) -> None:
     _write(root / "usr/local/sbin/vpslab-boot", BOOT_SCRIPT, 0o755)
     _write(root / "usr/local/sbin/vpslab-agent", AGENT_SCRIPT, 0o755)
     _write(root / "usr/local/bin/vps", VPS_WRAPPER, 0o755)
+    from vpshost.host.vmimages import TINY_AGENT
+
+    _write(root / "usr/local/sbin/vpslab-exec",
+           TINY_AGENT.replace('"vpshost.agent"', f'"{EXEC_PORT}"'), 0o755)
+    _write(root / "etc/systemd/system/vpslab-exec.service", EXEC_UNIT)
+    _enable(root, "vpslab-exec.service", "sysinit.target")
     _write(root / "etc/systemd/system/vpslab.service", BOOT_UNIT)
     _write(root / "etc/systemd/system/vpslab-agent.service", AGENT_UNIT)
     _enable(root, "vpslab.service")
