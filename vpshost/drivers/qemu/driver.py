@@ -98,6 +98,8 @@ class QemuDriver(Driver):
         return m
 
     def create(self, guest: Guest, progress: Progress = no_progress) -> None:
+        # an accelerator this host cannot give is refused before anything is made
+        accel_mod.choose(str(guest.options.get("accel") or ""))
         paths = _paths(guest).check()
         if guest.image in vmimages.BUILTIN:
             vmimages.build(self.config, guest.image, progress)
