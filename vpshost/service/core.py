@@ -617,14 +617,15 @@ class Service:
             from vpshost.host import vmimages
 
             for i in vmimages.list_vm_images(self.config):
-                out.append({"name": i["name"], "type": "vm",
-                            "description": i.get("description", i.get("kind", "")),
-                            "built": i["built"]})
+                for kind in ("vm", "xen"):  # Xen domains boot the vm images (PV/PVH/HVM)
+                    out.append({"name": i["name"], "type": kind,
+                                "description": i.get("description", i.get("kind", "")),
+                                "built": i["built"]})
         return out
 
     def image_build(self, name: str, kind: str = "container", force: bool = False,
                     progress: Progress = no_progress) -> None:
-        if kind == "vm":
+        if kind in ("vm", "xen"):
             from vpshost.host import vmimages
 
             vmimages.build(self.config, name, progress)
