@@ -26,6 +26,8 @@ LXC_CONFIG = Path("/usr/share/lxc/config")
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What an ext4 needs beyond its files (journal, inodes), in MiB, before we refuse a disk.
 FS_OVERHEAD_MB = 24
+# lxc-start tries when it loses a race for a loop device to a concurrent start
+LOOP_RACE_ATTEMPTS = 5
 
 
 def ensure_lxcfs(mountpoint: Path) -> None:
@@ -168,15 +170,23 @@ class ContainerDriver(Driver):
         (guest.dir / "config").write_text(self._render_config(guest))
         if not guest.privileged:
             self.prepare_host()
-        try:
-            self._lxc("start", guest, "-d", timeout=60)
-        except CommandError as exc:
-            log = guest.dir / "lxc.log"
-            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-            tail = ([ln for ln in lines if " ERROR " in ln] or lines)[-8:]
-            self._lxc("stop", guest, "-k", check=False)
-            raise RuntimeFailure(f"container {guest.name} failed to start: "
-                                 + ("\n  ".join(["", *tail]) or exc.stderr)) from None
+        log = guest.dir / "lxc.log"
+        for attempt in range(1, LOOP_RACE_ATTEMPTS + 1):
+            seen = log.stat().st_size if log.exists() else 0
+            try:
+                self._lxc("start", guest, "-d", timeout=60)
+                break
+            except CommandError as exc:
+                text = log.read_bytes()[seen:].decode(errors="replace") if log.exists() else ""
+                lines = text.splitlines()
+                tail = ([ln for ln in lines if " ERROR " in ln] or lines)[-8:]
+                self._lxc("stop", guest, "-k", check=False)
+                # Two lxc-starts at once may pick the same free loop device; the loser's
+                # LOOP_SET_FD fails with EBUSY. Another try picks another device.
+                if attempt < LOOP_RACE_ATTEMPTS and "Failed to set loop fd" in text:
+                    continue
+                raise RuntimeFailure(f"container {guest.name} failed to start: "
+                                     + ("\n  ".join(["", *tail]) or exc.stderr)) from None
         if any((guest.plan.io_read_bps, guest.plan.io_write_bps,
                 guest.plan.io_read_iops, guest.plan.io_write_iops)):
             self._apply_io(guest, guest.plan)
