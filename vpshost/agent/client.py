@@ -144,8 +144,9 @@ class RemoteDriver(Driver):
                                             downtime_ms=downtime_ms, postcopy=postcopy)
         return result
 
-    def migrate_finish(self, guest: Guest) -> None:
-        self._call("migrate_finish", guest)
+    def migrate_finish(self, guest: Guest) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._call("migrate_finish", guest)
+        return result
 
     def migrate_abort(self, guest: Guest) -> None:
         self._call("migrate_abort", guest)

@@ -100,15 +100,21 @@ def live(svc: Service, guest: Guest, target: str, src: Driver, dst: Driver,
     try:
         progress("copying disk and memory (pre-copy)" + (", then post-copy" if postcopy
                                                           else ""))
-        stats = src.migrate_send(guest, incoming, downtime_ms, postcopy)
-        dst.migrate_finish(guest)
+        stats = dict(src.migrate_send(guest, incoming, downtime_ms, postcopy))
+        finished = dst.migrate_finish(guest) or {}
     except BaseException:
         with suppress(VpsError):
             dst.migrate_abort(guest)
+        # a send that completed leaves the source paused: it must run again
+        with suppress(VpsError):
+            if src.power(guest) is Power.PAUSED:
+                src.resume(guest)
         raise
+    if "stopped_at" in stats and "resumed_at" in finished:
+        # the guest's real pause: source stop to target resume (the hosts' clocks)
+        stats["downtime_ms"] = round((finished["resumed_at"] - stats["stopped_at"]) * 1000)
     switched()  # traffic goes to the target before the source is cleaned up
     src.migrate_cleanup_source(guest)
-    stats = dict(stats)
     stats.setdefault("total_ms", round((time.monotonic() - t0) * 1000))
     stats["mode"] = "postcopy" if postcopy else "live"
     return stats

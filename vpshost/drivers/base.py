@@ -123,7 +123,8 @@ class Driver(ABC):
                      postcopy: bool) -> dict[str, Any]:
         raise Unsupported(self.type, "live migration", "use a cold move (without --live)")
 
-    def migrate_finish(self, guest: Guest) -> None:
+    def migrate_finish(self, guest: Guest) -> dict[str, Any] | None:
+        """Run the guest on the target; may report ``resumed_at`` (epoch seconds)."""
         raise Unsupported(self.type, "live migration")
 
     def migrate_abort(self, guest: Guest) -> None:

@@ -236,7 +236,9 @@ class QemuDriver(Driver):
             status = qmp(paths.qmp, "query-status", timeout=5).get("status")
         except MonitorError:
             return Power.RUNNING
-        return Power.PAUSED if status in ("paused", "suspended") else Power.RUNNING
+        # postmigrate: a live move's source after the hand-over, stopped until cont
+        return Power.PAUSED if status in ("paused", "suspended", "postmigrate",
+                                          "finish-migrate") else Power.RUNNING
 
     def _running(self, guest: Guest) -> VmPaths:
         paths = _paths(guest)
@@ -326,6 +328,42 @@ class QemuDriver(Driver):
             qmp(paths.qmp, "block_resize", device=DRIVE_ID, size=wanted)
         else:
             runner.run(["qemu-img", "resize", "-q", str(paths.disk), str(wanted)], timeout=60)
+
+    # ------------------------------------------------------------------ moving
+    # see migrate.py for the protocol and why each step is as it is
+    def migration_files(self, guest: Guest) -> list[str]:
+        from vpshost.drivers.qemu import migrate
+
+        return migrate.files(self, guest)
+
+    def migrate_prepare(self, guest: Guest, listen_host: str) -> dict[str, Any]:
+        from vpshost.drivers.qemu import migrate
+
+        return migrate.prepare(self, guest, listen_host)
+
+    def migrate_send(self, guest: Guest, target: dict[str, Any], downtime_ms: int,
+                     postcopy: bool) -> dict[str, Any]:
+        from vpshost.drivers.qemu import migrate
+
+        pid = process.qemu_pid(_paths(guest))
+        stats = migrate.send(self, guest, target, downtime_ms, postcopy)
+        stats["accel"] = _accel_of(pid) if pid else ""
+        return stats
+
+    def migrate_finish(self, guest: Guest) -> dict[str, Any]:
+        from vpshost.drivers.qemu import migrate
+
+        return migrate.finish(self, guest)
+
+    def migrate_abort(self, guest: Guest) -> None:
+        from vpshost.drivers.qemu import migrate
+
+        migrate.abort(self, guest)
+
+    def migrate_cleanup_source(self, guest: Guest) -> None:
+        from vpshost.drivers.qemu import migrate
+
+        migrate.cleanup_source(self, guest)
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, guest: Guest, snap: str) -> None:
