@@ -1,27 +1,29 @@
 """Shared fixtures for the tests that run real LXC containers.
 
 ``vps_env`` (session) gives every container test one isolated vpshost: its own state
-directory (database, guests), bridge prefix ``vpst``, subnet 10.242.0.0/16 and nftables
-table ``vpsct``; the API tests use ``vpsa``/10.243.0.0/16 and the network tests
-``vpsq``/``vpstest``, so none of them collide. The variables are set in ``os.environ``
-for the whole session (through a MonkeyPatch context), so ``vps`` run as a subprocess
-sees the same environment as the in-process ``Service``. The image cache stays the
-shared /var/cache/vpshost, so no test rebuilds busybox or debian-12.
+directory (database, guests) and its own network slot: bridge prefix ``vpst<letter>``,
+a /20 of 10.242.0.0/16 and nftables table ``vpsct<n>`` (the API tests use ``vpsa`` and
+10.243.0.0/16, the network tests ``vpsq``/``vpstest``, so none of them collide). Several
+engineers run the suite at once on one machine, so a session claims one of 16 slots
+with a lock file and only ever creates or tears down that slot's bridges and table.
+The variables are set in ``os.environ`` for the whole session (through a MonkeyPatch
+context), so ``vps`` run as a subprocess sees the same environment as the in-process
+``Service``. The image cache stays the shared /var/cache/vpshost, so no test rebuilds
+busybox or debian-12.
 
 Tests that need no root (unit tests) do not request ``vps_env`` and always run; the
 others are skipped with the reason when the host cannot run containers.
 
-Guest ids: host-side veth names are ``vpsveth<id>`` and ids come from each state
-directory's own database, so a fresh test database would hand out id 1 and collide
-with a vpshost already running on this machine (``make demo``: its vpsveth1 exists).
-The session therefore reserves a high id with a placeholder row (host ``id-floor``,
-which reconcile never touches); every test guest gets a larger id.
+Test modules use the helpers through the fixture (``vps_env.wait_for``, ``.vps``),
+not ``from conftest import``, which breaks once tests/ is a package.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import string
 import subprocess
 import sys
 import tempfile
@@ -30,18 +32,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
-BRIDGE_PREFIX = "vpst"
-SUBNET = "10.242.0.0/16"
-NAT_TABLE = "vpsct"
+SLOTS = 16  # /20s of 10.242.0.0/16
+LOCK_DIR = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
 CACHE_DIR = "/var/cache/vpshost"
-FLOOR_NAME = "id-floor"
-FLOOR_HOST = "id-floor"
+# Store rows that stand for no guest (e.g. addresses held to fill a segment) carry this
+# host, so admission control and reconcile, which look at host "local", ignore them.
+PLACEHOLDER_HOST = "placeholder"
 VPS = str(Path(sys.executable).with_name("vps"))
 
 
@@ -66,8 +67,16 @@ class Env:
     state_dir: Path
     config: Any
     service: Any
-    floor_id: int
     _mine: list[str] = field(default_factory=list)
+    # Test modules reach helpers through the fixture rather than `from conftest import`,
+    # which breaks as soon as tests/ becomes a package (tests/__init__.py).
+    vps: str = VPS
+    placeholder_host: str = PLACEHOLDER_HOST
+
+    @staticmethod
+    def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0,
+                 interval: float = 0.05) -> Any:
+        return wait_for(check, what, timeout, interval)
 
     @property
     def guests_dir(self) -> Path:
@@ -163,38 +172,30 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0,
         time.sleep(interval)
 
 
-def _reserve_ids(service: Any) -> int:
-    """Insert the placeholder row that pushes every test guest id above the floor."""
-    from vpshost.store.schema import Instance
-
-    floor = 1_000_000 + (os.getpid() % 1000) * 10_000
-    now = datetime.utcnow()
-    with service.db.session() as s:
-        s.add(Instance(id=floor, name=FLOOR_NAME, type="container", tenant="default",
-                       host=FLOOR_HOST, state="stopped", image="busybox", privileged=False,
-                       vcpus=1, memory_mb=16, swap_mb=0, disk_mb=16, options={},
-                       created_at=now, updated_at=now))
-    return floor
+def _claim_slot() -> tuple[int, IO[str]]:
+    """One of SLOTS network slots, held (flock) until the session ends."""
+    for slot in range(SLOTS):
+        f = open(LOCK_DIR / f"vpshost-tests-slot{slot}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return slot, f
+        except BlockingIOError:
+            f.close()
+    pytest.skip(f"all {SLOTS} container test slots are in use by other test sessions")
 
 
 def _teardown(env: Env) -> None:
-    from sqlalchemy import delete
-
     from vpshost.host import network
     from vpshost.service.core import Service
-    from vpshost.store.schema import Instance
 
     svc = Service(env.config)
     with suppress(Exception):
         svc.reconcile()
     for row in svc.list():
-        if row["name"] != FLOOR_NAME:
-            env.remove(row["name"])
+        env.remove(row["name"])
     for name in env._mine:  # created, then lost from the store by a test
         if (env.guests_dir / name).exists():
             env.remove(name)
-    with svc.db.session() as s:
-        s.execute(delete(Instance).where(Instance.name == FLOOR_NAME))
     with suppress(Exception):
         network.teardown(env.config.network)
     shutil.rmtree(env.state_dir, ignore_errors=True)
@@ -207,24 +208,28 @@ def vps_env() -> Iterator[Env]:
         pytest.skip(f"container tests skipped: {problem}")
     # /tmp, not pytest's tmp_path: pytest's directories are mode 0700, which the
     # container's mapped root could not pass through to reach its disk image.
-    state_dir = Path(tempfile.mkdtemp(prefix="vpsct-", dir="/tmp"))
+    slot, lock = _claim_slot()
+    bridge_prefix = f"vpst{string.ascii_lowercase[slot]}"
+    state_dir = Path(tempfile.mkdtemp(prefix=f"vpsct{slot}-", dir="/tmp"))
     state_dir.chmod(0o711)
-    with pytest.MonkeyPatch.context() as mp:
+    with lock, pytest.MonkeyPatch.context() as mp:
         mp.setenv("VPS_STATE_DIR", str(state_dir))
         mp.setenv("VPS_CACHE_DIR", CACHE_DIR)
-        mp.setenv("VPS_BRIDGE_PREFIX", BRIDGE_PREFIX)
-        mp.setenv("VPS_SUBNET", SUBNET)
-        mp.setenv("VPS_NAT_TABLE", NAT_TABLE)
+        mp.setenv("VPS_BRIDGE_PREFIX", bridge_prefix)
+        mp.setenv("VPS_SUBNET", f"10.242.{slot * 16}.0/20")
+        mp.setenv("VPS_NAT_TABLE", f"vpsct{slot}")
         mp.setenv("VPS_CONFIG", str(state_dir / "no-config.toml"))  # never /etc's
         for var in ("VPS_SERVER", "VPS_TOKEN", "VPS_DB_URL", "VPS_SUBNET6"):
             mp.delenv(var, raising=False)
         from vpshost.config import load
+        from vpshost.host import network
         from vpshost.service import Service
 
         cfg = load()
-        assert cfg.state_dir == state_dir and cfg.network.bridge_prefix == BRIDGE_PREFIX
+        assert cfg.state_dir == state_dir and cfg.network.bridge_prefix == bridge_prefix
+        network.teardown(cfg.network)  # what a killed session on this slot left behind
         svc = Service(cfg)
-        env = Env(state_dir=state_dir, config=cfg, service=svc, floor_id=_reserve_ids(svc))
+        env = Env(state_dir=state_dir, config=cfg, service=svc)
         try:
             yield env
         finally:

@@ -12,13 +12,15 @@ import platform
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
-from conftest import Env
 
 from vpshost.host import cgroups
+
+if TYPE_CHECKING:
+    from conftest import Env
 
 pytestmark = pytest.mark.lxc
 

@@ -12,9 +12,12 @@ import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import FLOOR_HOST, Env
+
+if TYPE_CHECKING:
+    from conftest import Env
 
 pytestmark = pytest.mark.lxc
 
@@ -111,7 +114,7 @@ def test_containers_on_different_segments_reach_each_other_through_the_host(
         ip = str(plan.subnet.network_address + 2 + i)
         if ip not in used:
             fill.append({"name": f"seg-fill-{i}", "type": "container", "tenant": "default",
-                         "host": FLOOR_HOST, "state": "stopped", "image": "busybox",
+                         "host": vps_env.placeholder_host, "state": "stopped", "image": "busybox",
                          "privileged": False, "vcpus": 1, "memory_mb": 16, "swap_mb": 0,
                          "disk_mb": 16, "options": {}, "ip": ip, "created_at": now,
                          "updated_at": now})

@@ -11,13 +11,17 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Env, wait_for
 
 from vpshost.host import cgroups
+
+if TYPE_CHECKING:
+    from conftest import Env
 
 pytestmark = pytest.mark.lxc
 
@@ -129,7 +133,7 @@ def test_process_flood_stops_at_the_pids_limit(
         for pid in pid_ns_members(init):
             if comm(pid) == "sleep":
                 os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: int(cg(vps_env, name, "pids.current")) < limit // 2,
+    vps_env.wait_for(lambda: int(cg(vps_env, name, "pids.current")) < limit // 2,
              "the flood's processes to be reaped")
     # The container survived its flood: it runs commands again.
     assert vps_env.lxc_state(name) == "RUNNING"
@@ -205,3 +209,36 @@ def test_debian_free_shows_the_plan_memory(vps_env: Env,
     assert int(mem[1]) == 160, out
     assert meminfo_kb(vps_env, name) == 160 * 1024
     assert int(vps_env.ok(name, "nproc")) == 1
+
+
+# -- concurrency ----------------------------------------------------------------------
+
+def test_concurrent_starts_all_succeed(vps_env: Env) -> None:
+    """Starts at the same moment (as the API's worker pool does them) race for free loop
+    devices inside lxc-start; every one of them must still come up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vpshost.service import Service
+
+    names = [vps_env.unique("par") for _ in range(6)]  # the default ratio allows 8 vCPUs
+    last = names[-1]
+    try:
+        for name in names:
+            vps_env.create(name, start=False, memory_mb=32, disk_mb=32)
+        # The bridge exists before the race (the first start on a fresh host makes it).
+        vps_env.service.start(names.pop())
+        barrier = threading.Barrier(len(names))
+
+        def start(name: str) -> str:
+            svc = Service(vps_env.config)  # one per thread, as separate requests have
+            barrier.wait()
+            return svc.start(name)["state"]
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            states = list(pool.map(start, names))
+        assert states == ["running"] * len(names)
+        assert all(vps_env.lxc_state(n) == "RUNNING" for n in names)
+    finally:
+        names.append(last)
+        for name in names:
+            vps_env.remove(name)

@@ -15,12 +15,15 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import VPS, Env, wait_for
 from sqlalchemy import select
 
 from vpshost.store.schema import Instance
+
+if TYPE_CHECKING:
+    from conftest import Env
 
 pytestmark = pytest.mark.lxc
 
@@ -214,10 +217,10 @@ def test_create_failing_halfway_rolls_back_row_dir_and_address(
 
 # -- kill -9 in the middle of an operation, then reconcile ----------------------------------
 
-def spawn_vps(*args: str) -> subprocess.Popen[str]:
+def spawn_vps(env: Env, *args: str) -> subprocess.Popen[str]:
     """A `vps` in its own process group, so kill -9 takes its children (lxc-*, mkfs)."""
-    return subprocess.Popen([VPS, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen([env.vps, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def kill9(proc: subprocess.Popen[str]) -> None:
@@ -246,11 +249,11 @@ def test_kill9_during_stop_is_reconciled_to_what_lxc_runs(
                 continue
         return False
 
-    proc = spawn_vps("stop", name, "--timeout", "120")
+    proc = spawn_vps(vps_env, "stop", name, "--timeout", "120")
     try:
-        wait_for(lambda: vps_env.row(name)["state"] == "stopping", "state 'stopping'")
+        vps_env.wait_for(lambda: vps_env.row(name)["state"] == "stopping", "state 'stopping'")
         assert busy_pid(vps_env, name) == proc.pid
-        wait_for(shutting_down, "the container's init to run its shutdown action")
+        vps_env.wait_for(shutting_down, "the container's init to run its shutdown action")
     finally:
         kill9(proc)
     # the crash left the store claiming a stop that nobody is doing
@@ -279,7 +282,7 @@ def test_kill9_during_create_is_cleaned_up(vps_env: Env) -> None:
     for _attempt in range(5):
         name = vps_env.unique("crash")
         vps_env._mine.append(name)
-        proc = spawn_vps("create", name, "--image", "debian-12", "--disk", "400M",
+        proc = spawn_vps(vps_env, "create", name, "--image", "debian-12", "--disk", "400M",
                          "--memory", "64M")
 
         def half_made(name: str = name, proc: subprocess.Popen[str] = proc) -> bool:
@@ -289,7 +292,7 @@ def test_kill9_during_create_is_cleaned_up(vps_env: Env) -> None:
             return made or proc.poll() is not None
 
         try:
-            wait_for(half_made, "a creating row with a disk being written", interval=0.01)
+            vps_env.wait_for(half_made, "a creating row with a disk being written", interval=0.01)
             caught = proc.poll() is None and vps_env.row(name)["state"] == "creating"
         finally:
             kill9(proc)

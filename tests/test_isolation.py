@@ -12,9 +12,12 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Env
+
+if TYPE_CHECKING:
+    from conftest import Env
 
 pytestmark = pytest.mark.lxc
 
