@@ -168,3 +168,32 @@ def test_remove_refuses_a_host_with_guests(cluster: dict[str, Any]) -> None:
     with pytest.raises(Conflict, match="drain"):
         svc.host_remove("h1")
     svc.delete("clu-r", force=True)
+
+
+def test_api_hosts_and_migrate_are_for_admins(cluster: dict[str, Any]) -> None:
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from vpshost.api.app import create_app
+
+    svc = cluster["svc"]
+    client = TestClient(create_app(svc))
+    admin = {"Authorization": f"Bearer {svc.token_create('ops', admin=True)}"}
+    tenant = {"Authorization": f"Bearer {svc.token_create('alice')}"}
+    r = client.get("/api/v1/hosts", headers=tenant)
+    assert r.status_code == 403 and "administrators" in r.json()["error"]
+    assert [h["name"] for h in client.get("/api/v1/hosts", headers=admin).json()] == \
+        ["h0", "h1"]
+    _create(svc, "clu-api", host="h0")
+    r = client.post("/api/v1/instances/clu-api/migrate", json={"to": "h1"}, headers=admin)
+    assert r.status_code == 202, r.text
+    href = r.json()["href"]
+    for _ in range(600):
+        op = client.get(href, headers=admin).json()
+        if op["status"] != "running":
+            break
+        time.sleep(0.1)
+    assert op["status"] == "success", op
+    assert op["result"]["host"] == "h1" and op["result"]["migration"]["mode"] == "cold"
+    svc.delete("clu-api", force=True)

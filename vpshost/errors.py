@@ -44,6 +44,12 @@ class Unauthorized(UsageError):
     http_status = 401
 
 
+class Forbidden(UsageError):
+    """Known caller, but the operation is for administrators."""
+
+    http_status = 403
+
+
 class Unsupported(UsageError):
     """A guest type lacks a capability (for example container snapshots of memory)."""
 

@@ -32,6 +32,7 @@ from vpshost.api.models import (
     ExecOut,
     ImageOut,
     InstanceOut,
+    MigrateBody,
     OperationOut,
     PortBody,
     PortOut,
@@ -40,7 +41,7 @@ from vpshost.api.models import (
     SnapshotOut,
     WhoAmI,
 )
-from vpshost.errors import NotFound, Unauthorized, VpsError
+from vpshost.errors import Forbidden, NotFound, Unauthorized, VpsError
 from vpshost.models import check_name
 from vpshost.service import Caller, CreateRequest, Service
 
@@ -225,6 +226,33 @@ class Api:
         def resize(name: str, body: ResizeBody, who: Who) -> dict[str, Any]:
             """Change limits; they apply live where the type allows."""
             return svc.resize(name, who, **body.changes())
+
+        # hosts and migration: operator actions, for admin tokens only
+        def admin_only(who: Caller) -> None:
+            if not who.admin:
+                raise Forbidden("this is for administrators",
+                                "use a token made with `vps token create --admin`")
+
+        @r.get("/hosts", tags=["hosts"])
+        def hosts(who: Who) -> list[dict[str, Any]]:
+            """Registered hosts with what is committed on each (admin)."""
+            admin_only(who)
+            return svc.host_list()
+
+        @r.post("/instances/{name}/migrate", status_code=202, response_model=Accepted,
+                tags=["hosts"])
+        def migrate(name: str, body: MigrateBody, who: Who, response: Response) -> Accepted:
+            """Move a guest to another host (admin); poll the operation for the
+            measured downtime."""
+            admin_only(who)
+            self._check_state(name, who, "migrate")
+
+            def work() -> dict[str, Any]:
+                return svc.migrate(name, to=body.to, live=body.live, frozen=body.frozen,
+                                   postcopy=body.postcopy, downtime_ms=body.downtime_ms,
+                                   caller=who)
+
+            return self._submit("migrate", name, who, work, response)
 
         @r.post("/instances/{name}/exec", response_model=ExecOut, tags=["instances"])
         def exec_(name: str, body: ExecBody, who: Who) -> ExecOut:

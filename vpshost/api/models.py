@@ -170,6 +170,16 @@ class PortBody(BaseModel):
     proto: Literal["tcp", "udp"] = "tcp"
 
 
+class MigrateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str | None = Field(None, description="Target host; placement picks one if absent.")
+    live: bool = Field(False, description="VMs: move while running.")
+    frozen: bool = Field(False, description="Containers: freeze while the disk copies.")
+    postcopy: bool = False
+    downtime_ms: int = Field(300, ge=1, le=60000)
+
+
 class SnapshotBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
