@@ -6,10 +6,12 @@ a /20 of 10.242.0.0/16 and nftables table ``vpsct<n>`` (the API tests use ``vpsa
 10.243.0.0/16, the network tests ``vpsq``/``vpstest``, so none of them collide). Several
 engineers run the suite at once on one machine, so a session claims one of 16 slots
 with a lock file and only ever creates or tears down that slot's bridges and table.
-The variables are set in ``os.environ`` for the whole session (through a MonkeyPatch
-context), so ``vps`` run as a subprocess sees the same environment as the in-process
-``Service``. The image cache stays the shared /var/cache/vpshost, so no test rebuilds
-busybox or debian-12.
+The ``VPS_*`` variables are set in ``os.environ`` (a MonkeyPatch context) only while
+the session's config is loaded, and handed to every ``vps`` subprocess explicitly
+(``vps_env.cli``, ``vps_env.environ()``), so the CLI sees the same vpshost as the
+in-process ``Service`` while other engineers' tests later in the same session never
+inherit this environment. The image cache stays the shared /var/cache/vpshost, so no
+test rebuilds busybox or debian-12.
 
 Tests that need no root (unit tests) do not request ``vps_env`` and always run; the
 others are skipped with the reason when the host cannot run containers.
@@ -38,6 +40,8 @@ from typing import IO, Any
 import pytest
 
 SLOTS = 16  # /20s of 10.242.0.0/16
+# Variables that would send the CLI elsewhere (a server, another database)
+UNSET = ("VPS_SERVER", "VPS_TOKEN", "VPS_DB_URL", "VPS_SUBNET6")
 LOCK_DIR = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
 CACHE_DIR = "/var/cache/vpshost"
 # Store rows that stand for no guest (e.g. addresses held to fill a segment) carry this
@@ -67,6 +71,7 @@ class Env:
     state_dir: Path
     config: Any
     service: Any
+    variables: dict[str, str]
     _mine: list[str] = field(default_factory=list)
     # Test modules reach helpers through the fixture rather than `from conftest import`,
     # which breaks as soon as tests/ becomes a package (tests/__init__.py).
@@ -77,6 +82,12 @@ class Env:
     def wait_for(check: Callable[[], Any], what: str, timeout: float = 20.0,
                  interval: float = 0.05) -> Any:
         return wait_for(check, what, timeout, interval)
+
+    def environ(self) -> dict[str, str]:
+        """The process environment for a ``vps`` subprocess of this vpshost."""
+        env = {k: v for k, v in os.environ.items() if k not in UNSET}
+        env.update(self.variables)
+        return env
 
     @property
     def guests_dir(self) -> Path:
@@ -136,7 +147,7 @@ class Env:
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """The real ``vps`` command, as a user runs it, in this environment."""
         return subprocess.run([VPS, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=self.environ())
 
     def lxc(self, tool: str, name: str, *args: str) -> str:
         r = subprocess.run([f"lxc-{tool}", "-n", name, "-P", str(self.guests_dir), *args],
@@ -212,29 +223,33 @@ def vps_env() -> Iterator[Env]:
     bridge_prefix = f"vpst{string.ascii_lowercase[slot]}"
     state_dir = Path(tempfile.mkdtemp(prefix=f"vpsct{slot}-", dir="/tmp"))
     state_dir.chmod(0o711)
-    with lock, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VPS_STATE_DIR", str(state_dir))
-        mp.setenv("VPS_CACHE_DIR", CACHE_DIR)
-        mp.setenv("VPS_BRIDGE_PREFIX", bridge_prefix)
-        mp.setenv("VPS_SUBNET", f"10.242.{slot * 16}.0/20")
-        mp.setenv("VPS_NAT_TABLE", f"vpsct{slot}")
-        mp.setenv("VPS_CONFIG", str(state_dir / "no-config.toml"))  # never /etc's
-        for var in ("VPS_SERVER", "VPS_TOKEN", "VPS_DB_URL", "VPS_SUBNET6"):
-            mp.delenv(var, raising=False)
-        from vpshost.config import load
-        from vpshost.host import network
-        from vpshost.service import Service
+    variables = {
+        "VPS_STATE_DIR": str(state_dir),
+        "VPS_CACHE_DIR": CACHE_DIR,
+        "VPS_BRIDGE_PREFIX": bridge_prefix,
+        "VPS_SUBNET": f"10.242.{slot * 16}.0/20",
+        "VPS_NAT_TABLE": f"vpsct{slot}",
+        "VPS_CONFIG": str(state_dir / "no-config.toml"),  # never /etc's
+    }
+    from vpshost.config import load
+    from vpshost.host import network
+    from vpshost.service import Service
 
-        cfg = load()
+    with lock:
+        with pytest.MonkeyPatch.context() as mp:
+            for var, value in variables.items():
+                mp.setenv(var, value)
+            for var in UNSET:
+                mp.delenv(var, raising=False)
+            cfg = load()
         assert cfg.state_dir == state_dir and cfg.network.bridge_prefix == bridge_prefix
         network.teardown(cfg.network)  # what a killed session on this slot left behind
-        svc = Service(cfg)
-        env = Env(state_dir=state_dir, config=cfg, service=svc)
+        env = Env(state_dir=state_dir, config=cfg, service=Service(cfg),
+                  variables=variables)
         try:
             yield env
         finally:
             _teardown(env)
-
 
 @pytest.fixture
 def make_container(vps_env: Env) -> Iterator[Callable[..., str]]:

@@ -219,7 +219,7 @@ def test_create_failing_halfway_rolls_back_row_dir_and_address(
 
 def spawn_vps(env: Env, *args: str) -> subprocess.Popen[str]:
     """A `vps` in its own process group, so kill -9 takes its children (lxc-*, mkfs)."""
-    return subprocess.Popen([env.vps, *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([env.vps, *args], stdout=subprocess.PIPE, env=env.environ(),
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
