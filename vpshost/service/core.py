@@ -360,7 +360,8 @@ class Service:
             def switched() -> None:
                 self._route(row.ip, target)
 
-            if live and row.state == State.RUNNING:
+            # row.state is already the transient "migrating": ask the host instead
+            if live and src.power(guest) is Power.RUNNING:
                 stats = migration.live(self, guest, target, src, dst, downtime_ms, postcopy,
                                        progress, switched)
             else:
