@@ -119,4 +119,5 @@ def test_agent_script_uses_the_pv_channel() -> None:
     script = xen_agent_script()
     assert "/dev/hvc1" in script and "stty" in script
     assert "virtio-ports" not in script
-    assert 'exec 3<>"$PORT"' in script
+    assert script.count('exec 3<>"$PORT"') == 1
+    assert script.index("exec 3<>") < script.index("stty raw -echo <&3")

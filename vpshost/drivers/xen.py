@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 XL = "xl"
 MiB = 1024 * 1024
 _SNAP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-XEN_TINY_VERSION = 2
+XEN_TINY_VERSION = 3
 XEN_TINY_MODULES = ["xen-blkfront", "xen-netfront", "ext4", "crc32c_generic"]
 OPTIONS = {
     "mode": "pv | pvh | hvm (default pv)",
@@ -98,10 +98,13 @@ umount /data 2>/dev/null
 /bin/busybox poweroff -f
 """
 
+# hvc resets a tty's modes at its last close: set raw mode on the open descriptor, or
+# the tty echoes every request back to dom0.
 XEN_AGENT_HEAD = """#!/bin/sh
 PORT=/dev/hvc1
-while [ ! -e "$PORT" ]; do sleep 0.2; done
-stty -F "$PORT" raw -echo 2>/dev/null
+while ! stty -F "$PORT" >/dev/null 2>&1; do sleep 0.2; done
+exec 3<>"$PORT"
+stty raw -echo <&3 2>/dev/null
 """
 
 
@@ -128,7 +131,8 @@ def _local_kernel() -> tuple[Path, Path] | None:
 def xen_agent_script() -> str:
     from vpshost.host.vmimages import TINY_AGENT
 
-    body = TINY_AGENT[TINY_AGENT.index('exec 3<>"$PORT"'):]
+    start = TINY_AGENT.index('exec 3<>"$PORT"')
+    body = TINY_AGENT[TINY_AGENT.index("\n", start) + 1:]
     return XEN_AGENT_HEAD + body
 
 

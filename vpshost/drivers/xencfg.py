@@ -122,8 +122,11 @@ def render(guest: Guest, disk: Path, disk_format: str, boot: BootFiles,
         lines += ["boot = \"c\"", "serial = \"pty\"", "vga = \"none\"", "vnc = 0",
                   "sdl = 0"]
     if agent_socket is not None and mode in ("pv", "pvh"):
+        # xl gives the first channel devid 0, which libxl refuses ("Primary console has
+        # invalid configuration", Xen 4.17): a placeholder takes that slot, so the
+        # agent's channel is console 1, /dev/hvc1 in the guest.
         chan = f"connection=socket, path={agent_socket}, name={AGENT_CHANNEL}"
-        lines.append(f"channel = [ {_q(chan)} ]")
+        lines.append(f"channel = [ \"connection=pty, name=vpshost.reserved\", {_q(chan)} ]")
     lines += ["on_poweroff = \"destroy\"", "on_reboot = \"restart\"",
               "on_crash = \"destroy\""]
     return "\n".join(lines) + "\n"

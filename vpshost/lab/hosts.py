@@ -396,10 +396,16 @@ def sync_code(cfg: Config, name: str) -> None:
         tar.add(Path(vpshost.__file__).parent, arcname="vpshost",
                 filter=lambda t: None if "__pycache__" in t.name else t)
     data = base64.b64encode(buf.getvalue()).decode()
-    script = (f"rm -rf /opt/vpslab/src.new && mkdir -p /opt/vpslab/src.new && "
-              f"echo {data} | base64 -d | tar xz -C /opt/vpslab/src.new && "
-              "rm -rf /opt/vpslab/src && mv /opt/vpslab/src.new /opt/vpslab/src && "
-              "systemctl restart vpslab-agent")
-    res = exec_in(cfg, name, ["sh", "-c", script], timeout=120)
-    if res.returncode != 0:
-        raise RuntimeFailure(f"code sync to lab host '{name}' failed: {res.stderr.strip()}")
+    lines = "\n".join(data[i:i + 76] for i in range(0, len(data), 76))
+    script = ("set -e\nrm -rf /opt/vpslab/src.new && mkdir -p /opt/vpslab/src.new\n"
+              f"base64 -d <<'EOF' | tar xz -C /opt/vpslab/src.new\n{lines}\nEOF\n"
+              "rm -rf /opt/vpslab/src && mv /opt/vpslab/src.new /opt/vpslab/src\n"
+              "systemctl restart vpslab-agent\n")
+    from vpshost.drivers.qemu.agent import TinyAgent
+
+    host = _load(cfg, name)
+    if host is None or pid(host) is None:
+        raise NotFound(f"lab host '{name}' is not up")
+    rc, _out, err = TinyAgent(host.path("exec.sock"))._call("exec", script, 120)
+    if rc != 0:
+        raise RuntimeFailure(f"code sync to lab host '{name}' failed: {err.strip()}")
