@@ -75,6 +75,12 @@ def cluster() -> Iterator[dict[str, Any]]:
                     svc.delete(inst["name"], force=True)
         finally:
             destroy_hosts(hosts, TAG)
+            keep = Path("/var/tmp/vpsmig-last-logs")  # agent logs of the last run
+            shutil.rmtree(keep, ignore_errors=True)
+            keep.mkdir()
+            for h in hosts:
+                with suppress(OSError):
+                    shutil.copy(h.state_dir / "agent.log", keep / f"{h.name}.log")
             for line in cluster_env.sh("ip", "route", "show").stdout.splitlines():
                 if line.startswith("10.246."):
                     cluster_env.sh("ip", "route", "del", line.split()[0], check=False)

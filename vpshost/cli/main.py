@@ -566,6 +566,23 @@ def bench_lifecycle(count: Annotated[int, typer.Option("-n", help="Containers.")
     run_lifecycle(count, list_size, as_json)
 
 
+@bench_app.command("migration")
+def bench_migration(runs: Annotated[int, typer.Option("-n", help="Runs per size.")] = 2,
+                    as_json: Json = False) -> None:
+    """Live migration of 256 MiB and 1 GiB VMs: vpshost vs raw QEMU (downtime, total)."""
+    from vpshost.bench.migration import bench_migration as run
+    from vpshost.bench.migration import render
+    from vpshost.config import load
+
+    result = run(load(), runs=runs, progress=progress_printer())
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(result)
+    else:
+        typer.echo(render(result))
+
+
 def main() -> None:
     try:
         app()
