@@ -56,7 +56,7 @@ def qmp_many(sock: Path, cmds: list[tuple[str, dict[str, Any] | None]],
     except ExecuteError as exc:
         raise MonitorError(f"QEMU refused {exc.sent.get('execute')}: {exc.error.error.desc}") \
             from None
-    except (QMPError, OSError, TimeoutError) as exc:
+    except (QMPError, OSError, TimeoutError, EOFError) as exc:  # EOF: e.g. after `quit`
         raise MonitorError(f"cannot talk to QEMU over {sock}: {exc or type(exc).__name__}") \
             from None
 
