@@ -176,12 +176,7 @@ def finish(drv: QemuDriver, guest: Guest) -> dict[str, Any]:
         raise RuntimeFailure(f"the incoming QEMU for '{guest.name}' is gone")
     (guest.dir / DONE).write_text("")  # the sentinel stands down before the guest runs
     _stop_sentinel(guest)
-    status = qmp(paths.qmp, "query-status").get("status")
-    if status not in ("paused", "running", "prelaunch"):
-        raise RuntimeFailure(f"the incoming VM '{guest.name}' is '{status}', not ready")
-    if status != "running":
-        qmp(paths.qmp, "cont")
-    resumed_at = time.time()
+    resumed_at = _run_sync(_resume(paths, guest.name))
     # best effort from here on: the guest runs on this host now
     with contextlib.suppress(MonitorError):
         qmp_many(paths.qmp, [("block-export-del", {"id": EXPORT_ID}),
@@ -192,6 +187,22 @@ def finish(drv: QemuDriver, guest: Guest) -> dict[str, Any]:
         with contextlib.suppress(FileNotFoundError):
             (guest.dir / f).unlink()
     return {"resumed_at": resumed_at}
+
+
+async def _resume(paths: VmPaths, name: str) -> float:
+    """cont, in one QMP session (this is inside the guest's pause); the RESUME time."""
+    async with _Session(paths.qmp) as s:
+        status = (await s.cmd("query-status")).get("status")
+        if status not in ("paused", "running", "prelaunch"):
+            raise RuntimeFailure(f"the incoming VM '{name}' is '{status}', not ready")
+        if status != "running":
+            await s.cmd("cont")
+        for _ in range(100):
+            at = s.event_time("RESUME")
+            if at is not None:
+                return at
+            await asyncio.sleep(0.001)
+    return time.time()
 
 
 def abort(drv: QemuDriver, guest: Guest) -> None:
@@ -208,48 +219,52 @@ def _guest_json(guest: Guest) -> dict[str, Any]:
     return protocol.guest_to_json(guest)
 
 
+# The sentinel is a bare `python -c` (no vpshost imports until it must clean up), so
+# it costs no CPU the migration could use: it polls the agent's pid and the DONE file.
+_SENTINEL_CODE = """
+import os, sys, time
+d, pid, done = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+while not os.path.exists(os.path.join(d, done)) and os.path.isdir(d):
+    if not alive():
+        from vpshost.drivers.qemu.migrate import sentinel_cleanup
+        sentinel_cleanup(d)
+        break
+    time.sleep(0.1)
+"""
+
+
 def _start_sentinel(guest: Guest) -> None:
     """Watch this process (the agent): if it dies before finish, nobody will finish or
     abort, so the incoming QEMU must go. Its own session: it outlives a killed group."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vpshost.drivers.qemu.migrate", "sentinel", str(guest.dir),
-         str(os.getpid())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+        [sys.executable, "-c", _SENTINEL_CODE, str(guest.dir), str(os.getpid()), DONE],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=dict(os.environ))
     (guest.dir / SENTINEL).write_text(str(proc.pid))
 
 
 def _stop_sentinel(guest: Guest) -> None:
     with contextlib.suppress(OSError, ValueError):
         pid = int((guest.dir / SENTINEL).read_text())
-        if "vpshost.drivers.qemu.migrate" in Path(f"/proc/{pid}/cmdline").read_text():
-            os.kill(pid, signal.SIGTERM)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        if str(guest.dir) in Path(f"/proc/{pid}/cmdline").read_text():
+            os.kill(pid, signal.SIGKILL)
 
 
-def _sentinel(guest_dir: Path, agent_pid: int) -> int:
-    """Poll; clean up the incoming guest when its agent is gone and finish never came."""
+def sentinel_cleanup(guest_dir: str) -> None:
+    """The agent died before finish: remove the incoming guest as abort would."""
     from vpshost.agent import protocol
     from vpshost.config import load
     from vpshost.drivers.qemu.driver import QemuDriver
 
-    while True:
-        if (guest_dir / DONE).exists() or not guest_dir.exists():
-            return 0
-        try:
-            os.kill(agent_pid, 0)
-            alive = Path(f"/proc/{agent_pid}").exists() and \
-                "Z" not in Path(f"/proc/{agent_pid}/stat").read_text().split()[2]
-        except (ProcessLookupError, OSError):
-            alive = False
-        if not alive:
-            break
-        time.sleep(0.1)
-    cfg = load()
-    guest = protocol.guest_from_json(json.loads((guest_dir / INCOMING).read_text()),
-                                     guest_dir.parent)
-    QemuDriver(cfg).delete(guest)
-    return 0
+    d = Path(guest_dir)
+    guest = protocol.guest_from_json(json.loads((d / INCOMING).read_text()), d.parent)
+    QemuDriver(load()).delete(guest)
 
 
 # ---------------------------------------------------------------------- source side
@@ -514,16 +529,3 @@ def _rebase_in_place(paths: VmPaths, backing: str) -> None:
     else:
         runner.run(["qemu-img", "rebase", "-u", "-F", "qcow2", "-b", backing,
                     str(paths.disk)], timeout=60)
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) == 3 and argv[0] == "sentinel":
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        return _sentinel(Path(argv[1]), int(argv[2]))
-    print("usage: python -m vpshost.drivers.qemu.migrate sentinel GUEST_DIR AGENT_PID",
-          file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
