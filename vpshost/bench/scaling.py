@@ -1,0 +1,58 @@
+"""Scalability: 1, 2, 4, ... guests run the same CPU job at once.
+
+Total throughput is the MiB all guests hashed divided by the wall time until the last
+finished (host clock: the guests start together and the slowest one decides). Native
+runs the same number of busybox processes on the host. A guest whose job fails or
+times out counts as a failure. On a 2-core host the ideal is flat total throughput
+past 2 guests; what it loses beyond that is the per-guest overhead of the type.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vpshost.bench.guests import BenchEnv, Place
+from vpshost.bench.overhead import cpu_job
+from vpshost.models import Plan
+
+
+def _round(env: BenchEnv, places: list[Place], mib: int, timeout: float
+           ) -> tuple[float, int]:
+    job = cpu_job(mib)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(len(places)) as pool:
+        rcs = list(pool.map(lambda p: env.sh(p, job, timeout)[0], places))
+    return time.monotonic() - t0, sum(1 for rc in rcs if rc != 0)
+
+
+def run(env: BenchEnv, kind: str, counts: list[int], mib: int, plan: Plan,
+        progress: Any, native: Place | None = None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    guests: list[Place] = []
+    create_failed = 0
+    for n in counts:
+        if kind == "native" and native is not None:
+            places = [native] * n
+        else:
+            while len(guests) < n:
+                progress(f"scaling: {kind}, starting guest {len(guests) + 1}/{n}")
+                try:
+                    guests.append(env.create(kind, plan, prefix="s"))
+                except Exception:
+                    create_failed += 1
+                    break
+            places = guests[:n]
+        if len(places) < n:
+            rows.append({"guests": n, "total_mibps": 0.0, "wall_s": None,
+                         "failures": n - len(places) + create_failed})
+            break
+        progress(f"scaling: {kind} x {n}")
+        wall, failed = _round(env, places, mib, timeout=max(120, 60 * n))
+        done = n - failed
+        rows.append({"guests": n, "wall_s": round(wall, 3),
+                     "total_mibps": round(done * mib / wall, 2), "failures": failed})
+    for g in guests:
+        env.delete(g.name)
+    return rows
