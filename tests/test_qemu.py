@@ -209,7 +209,7 @@ def test_present_and_graceful_stop(driver: QemuDriver, cfg: Config,
     try:
         driver.start(g)
         assert "tiny2" in driver.present()
-        tap = network.tap_name(g.id)
+        tap = network.tap_for(g.dir)
         assert Path(f"/sys/class/net/{tap}/brif").exists() or \
             Path(f"/sys/class/net/{tap}/master").exists()
         t0 = time.monotonic()
@@ -233,11 +233,10 @@ def test_forcing_kvm_without_kvm_is_refused(driver: QemuDriver, cfg: Config) -> 
     if kvm_usable()[0]:
         pytest.skip("this host has usable KVM")
     g = make_guest(cfg, "nokvm", accel="kvm")
-    driver.create(g)
     try:
         with pytest.raises(UsageError, match="KVM is not available"):
-            driver.start(g)
-        assert driver.power(g) is Power.STOPPED
+            driver.create(g)  # refused before anything is made
+        assert driver.power(g) is Power.ABSENT
     finally:
         driver.delete(g)
 
@@ -250,7 +249,7 @@ def test_qemu_failing_at_start_shows_stderr_and_leaves_nothing(
         with pytest.raises(RuntimeFailure, match="no-such-nic"):
             driver.start(g)
         assert qemu_pid(VmPaths(g.dir)) is None
-        assert not Path(f"/sys/class/net/{network.tap_name(g.id)}").exists()
+        assert not Path(f"/sys/class/net/{network.tap_for(g.dir)}").exists()
     finally:
         driver.delete(g)
 

@@ -173,14 +173,7 @@ def locate(svc: Any, row: dict[str, Any]) -> Target:
         paths = VmPaths(svc.config.guests_dir / t.name)
         t.pid = process.qemu_pid(paths)
         t.qmp = paths.qmp
-        with contextlib.suppress(Exception):
-            from sqlalchemy import select
-
-            from vpshost.store.schema import Instance
-
-            with svc.db.session() as s:
-                iid = s.scalar(select(Instance.id).where(Instance.name == t.name))
-            t.link = network.tap_name(int(iid)) if iid and row.get("ip") else None
+        t.link = network.tap_for(paths.dir) if row.get("ip") else None
         if t.pid:
             t.cg = cgroup_paths(t.pid)
     if "unified" not in t.cg:

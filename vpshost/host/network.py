@@ -26,6 +26,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vpshost import runner
@@ -232,12 +233,20 @@ def delete_link(ifname: str) -> bool:
     return True
 
 
-def ensure_tap(instance_id: int, bridge: str) -> str:
-    """Create VM ``instance_id``'s tap (if missing), attach it to ``bridge``, bring it
-    up; QEMU then opens it with ``-netdev tap,ifname=<name>,script=no,downscript=no``."""
+def tap_for(guest_dir: Path) -> str:
+    """The tap of the VM living in ``guest_dir``: unique to this installation, since
+    ids restart at 1 in every store and two stores on one host (a test run beside a
+    real one, two namespace hosts) must not fight over a name."""
+    return "vpt" + hashlib.sha256(str(guest_dir).encode()).hexdigest()[:12]
+
+
+def ensure_tap(instance_id: int | str, bridge: str) -> str:
+    """Create a tap (named by ``instance_id``, or given its name) if missing, attach it
+    to ``bridge``, bring it up; QEMU then opens it with
+    ``-netdev tap,ifname=<name>,script=no,downscript=no``."""
     from pyroute2.netlink.exceptions import NetlinkError
 
-    name = tap_name(instance_id)
+    name = instance_id if isinstance(instance_id, str) else tap_name(instance_id)
     try:
         with _ipr() as ipr:
             if not ipr.link_lookup(ifname=name):

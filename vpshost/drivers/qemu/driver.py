@@ -147,7 +147,7 @@ class QemuDriver(Driver):
         tap = None
         try:
             if guest.net:
-                tap = network.ensure_tap(guest.id, guest.net.bridge)
+                tap = network.ensure_tap(network.tap_for(guest.dir), guest.net.bridge)
             argv = build_argv(guest, image, accel, tap, paths)
             try:
                 runner.run(argv, timeout=60)
@@ -223,7 +223,7 @@ class QemuDriver(Driver):
             process.clean_runtime(paths)
         if guest.net:
             with contextlib.suppress(RuntimeFailure, UsageError):
-                tap = network.tap_name(guest.id)
+                tap = network.tap_for(guest.dir)
                 network.clear_limits(tap)
                 network.delete_link(tap)
         limits.remove_cpu(guest.name)
@@ -314,7 +314,7 @@ class QemuDriver(Driver):
         ])
         limits.apply_cpu(guest.name, pid, plan)
         if guest.net:
-            limits.apply_bandwidth(network.tap_name(guest.id), plan.bandwidth_mbit)
+            limits.apply_bandwidth(network.tap_for(guest.dir), plan.bandwidth_mbit)
 
     def _grow_disk(self, guest: Guest, plan: Plan, running: bool) -> None:
         paths = _paths(guest)
