@@ -22,7 +22,8 @@ port_app = typer.Typer(no_args_is_help=True, help="Forward host ports to guests.
 snap_app = typer.Typer(no_args_is_help=True, help="Snapshots of a guest.")
 host_app = typer.Typer(no_args_is_help=True, help="This host.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against the raw tools.")
+bench_app = typer.Typer(help="Benchmarks: the comparison suite (no subcommand), "
+                        "lifecycle against the raw tools.")
 for sub, name in ((image_app, "image"), (port_app, "port"), (snap_app, "snapshot"),
                   (host_app, "host"), (token_app, "token"), (bench_app, "bench")):
     app.add_typer(sub, name=name)
@@ -61,6 +62,15 @@ def progress_printer() -> Any:
 
     con = Console(stderr=True)
     return lambda msg: con.print(f"[dim]…[/] {msg}")
+
+
+def printed_json(data: Any, as_json: bool) -> bool:
+    """Print ``data`` as JSON when asked; says whether it did."""
+    if as_json:
+        from vpshost.cli.output import emit_json
+
+        emit_json(data)
+    return as_json
 
 
 def show_or_json(data: Any, as_json: bool) -> None:
@@ -237,10 +247,7 @@ def events(name: Annotated[str | None, typer.Argument()] = None, as_json: Json =
            limit: int = 50) -> None:
     """The event log, newest first."""
     rows = backend().events(name, limit=limit)
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(rows)
+    if printed_json(rows, as_json):
         return
     for e in rows:
         typer.echo(f"{e['time'][:19]}  {e['instance'] or '-':<16} {e['kind']:<14} "
@@ -260,10 +267,7 @@ def reconcile() -> None:
 def images(as_json: Json = False) -> None:
     """List images."""
     rows = backend().images()
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(rows)
+    if printed_json(rows, as_json):
         return
     for i in rows:
         typer.echo(f"{i['name']:<14} {i['type']:<10} {'built' if i['built'] else 'not built':<10}"
@@ -315,10 +319,7 @@ def port_list(name: Annotated[str | None, typer.Argument()] = None, as_json: Jso
               ) -> None:
     """List port forwards."""
     rows = backend().ports(name)
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(rows)
+    if printed_json(rows, as_json):
         return
     for p in rows:
         typer.echo(f"{p['instance']:<16} {p['proto']} {p['host_port']:>5} -> "
@@ -343,10 +344,7 @@ def snapshot_create(name: Name, snap: str) -> None:
 @snap_app.command("list")
 def snapshot_list(name: Name, as_json: Json = False) -> None:
     rows = backend().snapshots(name)
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(rows)
+    if printed_json(rows, as_json):
         return
     for r in rows:
         typer.echo(f"{r['name']:<20} {r['created_at'][:19]}  memory: {r['with_memory']}")
@@ -369,10 +367,7 @@ def snapshot_delete(name: Name, snap: str) -> None:
 def host_info(as_json: Json = False) -> None:
     """Kernel, cores, memory, cgroups, LXC/QEMU/KVM/Xen support, free disk."""
     data = backend().host_info()
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(data)
+    if printed_json(data, as_json):
         return
     for k, v in data.items():
         typer.echo(f"{k:<18} {v}")
@@ -384,10 +379,7 @@ def host_capacity(as_json: Json = False) -> None:
     from vpshost.service import capacity
 
     data = capacity.report(local_service())
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(data)
+    if printed_json(data, as_json):
         return
     from vpshost.cli.perf import capacity_table
 
@@ -434,10 +426,7 @@ def host_add(name: str, url: Annotated[str, typer.Option(help="The agent, http:/
 
 
 def _print_hosts(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(rows)
+    if printed_json(rows, as_json):
         return
     from rich.console import Console
     from rich.table import Table
@@ -462,10 +451,7 @@ def host_list(as_json: Json = False) -> None:
 @host_app.command("show")
 def host_show(name: str, as_json: Json = False) -> None:
     data = local_service().host_show(name)
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(data)
+    if printed_json(data, as_json):
         return
     _print_hosts([data], False)
     typer.echo("guests: " + (", ".join(data["instances"]) or "none"))
@@ -508,10 +494,7 @@ def migrate(name: Name,
     """Move a guest to another host."""
     data = local_service().migrate(name, to=to, live=live, frozen=frozen, postcopy=postcopy,
                                    downtime_ms=downtime_ms, progress=progress_printer())
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(data)
+    if printed_json(data, as_json):
         return
     mig = data["migration"]
     typer.echo(f"{name}: now on {data['host']} ({mig['mode']}; downtime "
@@ -553,6 +536,46 @@ def serve(listen: Annotated[str | None, typer.Option(help="HOST:PORT")] = None) 
     from vpshost.api.server import run_server
 
     run_server(listen)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench_suite(ctx: typer.Context,
+                quick: Annotated[bool, typer.Option("--quick", help="Under 10 minutes.")] = False,
+                tiny: Annotated[bool, typer.Option("--tiny", hidden=True)] = False,
+                types: Annotated[list[str] | None, typer.Option(
+                    "--types", help="container, vm, xen (repeat); default all this host runs"
+                )] = None,
+                out: Annotated[str | None, typer.Option(
+                    help="Directory for results.json, report.md and plots.")] = None) -> None:
+    """Overhead, isolation, scalability, density and start-up per type against native."""
+    if ctx.invoked_subcommand:
+        return
+    from pathlib import Path
+
+    from vpshost.bench.cli import run_with_progress
+
+    mode = "tiny" if tiny else "quick" if quick else "full"
+    run_with_progress(mode, types, Path(out) if out else None)
+
+
+@app.command()
+def advise(workload: Annotated[str, typer.Option(
+               help="cpu, io, kernel or density")] = "cpu",
+           needs_own_kernel: Annotated[bool, typer.Option(
+               "--needs-own-kernel", help="Kernel modules, another kernel version.")] = False,
+           other_os: Annotated[bool, typer.Option(
+               "--other-os", help="Windows, BSD or any non-Linux guest.")] = False,
+           results: Annotated[str | None, typer.Option(
+               help="A results.json; default the newest in the state dir or docs/results."
+           )] = None,
+           as_json: Json = False) -> None:
+    """Recommend a guest type for a workload, from this host's measured results."""
+    from pathlib import Path
+
+    from vpshost.bench.advise import advise_cli
+
+    advise_cli(workload, needs_own_kernel, other_os, Path(results) if results else None,
+               as_json)
 
 
 @bench_app.command("lifecycle")
