@@ -135,23 +135,8 @@ def prepare(drv: QemuDriver, guest: Guest, listen_host: str) -> dict[str, Any]:
         if tap and guest.plan.bandwidth_mbit:
             limits.apply_bandwidth(tap, guest.plan.bandwidth_mbit)
         nbd_port = _free_port(listen_host)
-        mig_port = _free_port(listen_host)
-        node = _root_node(paths)
-        cmds: list[tuple[str, dict[str, Any] | None]] = [
-            ("nbd-server-start", {"addr": {"type": "inet", "data": {
-                "host": listen_host, "port": str(nbd_port)}}}),
-            ("block-export-add", {"type": "nbd", "id": EXPORT_ID, "node-name": node,
-                                  "name": EXPORT, "writable": True}),
-        ]
-        qmp_many(paths.qmp, cmds)
-        postcopy_ok = True
-        try:  # needs userfaultfd here; the source only asks for it when it can use it
-            qmp(paths.qmp, "migrate-set-capabilities",
-                capabilities=[{"capability": "postcopy-ram", "state": True}])
-        except MonitorError:
-            postcopy_ok = False
-        uri = f"tcp:{_uri_host(listen_host)}:{mig_port}"
-        qmp(paths.qmp, "migrate-incoming", uri=uri)
+        uri = f"tcp:{_uri_host(listen_host)}:{_free_port(listen_host)}"
+        postcopy_ok = _run_sync(_listen(paths, listen_host, nbd_port, uri))
         _start_sentinel(guest)
     except BaseException:
         abort(drv, guest)
@@ -159,6 +144,26 @@ def prepare(drv: QemuDriver, guest: Guest, listen_host: str) -> dict[str, Any]:
     return {"uri": uri, "postcopy": postcopy_ok,
             "nbd": {"host": listen_host, "port": nbd_port, "export": EXPORT},
             "disk_bytes": size}
+
+
+async def _listen(paths: VmPaths, host: str, nbd_port: int, uri: str) -> bool:
+    """Export the disk over NBD and wait for the migration stream, in one QMP session.
+    Returns whether post-copy can be received here (it needs userfaultfd)."""
+    async with _Session(paths.qmp) as s:
+        node = next(str(b["inserted"]["node-name"]) for b in await s.cmd("query-block")
+                    if b.get("device") == DRIVE_ID and b.get("inserted"))
+        await s.cmd("nbd-server-start", {"addr": {"type": "inet", "data": {
+            "host": host, "port": str(nbd_port)}}})
+        await s.cmd("block-export-add", {"type": "nbd", "id": EXPORT_ID, "node-name": node,
+                                         "name": EXPORT, "writable": True})
+        postcopy_ok = True
+        try:
+            await s.cmd("migrate-set-capabilities", {"capabilities": [
+                {"capability": "postcopy-ram", "state": True}]})
+        except MonitorError:
+            postcopy_ok = False
+        await s.cmd("migrate-incoming", {"uri": uri})
+    return postcopy_ok
 
 
 def _root_node(paths: VmPaths) -> str:
@@ -418,16 +423,17 @@ async def _wait_migrated(s: _Session, postcopy: bool) -> dict[str, Any]:
             return info
         if status in ("failed", "cancelled", "cancelling"):
             raise RuntimeFailure(f"migration {status}: {info.get('error-desc', '')}".strip())
-        jobs = {j["device"]: j for j in await s.cmd("query-block-jobs")}
-        if MIRROR_JOB not in jobs or jobs[MIRROR_JOB].get("io-status", "ok") != "ok":
-            raise RuntimeFailure(f"the disk mirror broke during migration: {_job_error(s)}")
         ram = info.get("ram", {})
         if (postcopy and not started_postcopy and status == "active"
                 and int(ram.get("dirty-sync-count", 0)) >= 2):
             await s.cmd("migrate-start-postcopy")  # after the first full pass
             started_postcopy = True
-        if time.monotonic() - last > 1:
+        if time.monotonic() - last > 0.5:  # not every poll: each command takes the BQL
             last = time.monotonic()
+            jobs = {j["device"]: j for j in await s.cmd("query-block-jobs")}
+            if MIRROR_JOB not in jobs or jobs[MIRROR_JOB].get("io-status", "ok") != "ok":
+                raise RuntimeFailure(f"the disk mirror broke during migration: "
+                                     f"{_job_error(s)}")
             log.info("migrating: %s, %s of %s bytes, %s dirty pages/s", status,
                      ram.get("transferred"), ram.get("total"), ram.get("dirty-pages-rate"))
         await asyncio.sleep(0.02)
