@@ -188,7 +188,8 @@ def control_plane_env(state_dir: Path) -> dict[str, Any]:
     """Environment for the control plane's Service (root namespace): a cluster keeps
     its state in PostgreSQL (SQLite when PostgreSQL is not running here)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    (state_dir / "config.toml").write_text("[cluster]\nroute_guests = true\n")
+    (state_dir / "config.toml").write_text(
+        "[cluster]\nroute_guests = true\nplace_local = false\n")
     env = {"VPS_STATE_DIR": str(state_dir), "VPS_CONFIG": str(state_dir / "config.toml"),
            "VPS_SUBNET": GUEST_SUBNET, "VPS_BRIDGE_PREFIX": GUEST_PREFIX,
            "VPS_NAT_TABLE": NAT_TABLE}

@@ -54,6 +54,9 @@ class ClusterConfig:
     # host that runs it, and moves the route when the guest migrates (hosts then keep
     # their own bridges and gateways, as OpenVZ's routed venet did).
     route_guests: bool = False
+    # Whether placement may choose the control plane's own host ("local") as well as
+    # the registered hosts. A dedicated control plane turns this off.
+    place_local: bool = True
 
 
 @dataclass

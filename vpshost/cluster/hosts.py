@@ -2,8 +2,8 @@
 
 Part of the service layer (it writes state through the service's database session).
 With no hosts registered, everything runs on the control plane's own host ("local").
-Once hosts are registered, placement chooses among them; the control plane's host
-then takes guests only when asked for by name (``--host local``).
+Once hosts are registered, placement chooses among them and, unless
+``[cluster] place_local = false``, the control plane's own host.
 """
 
 from __future__ import annotations
@@ -49,12 +49,40 @@ def loads(svc: Service, kind: str) -> list[HostLoad]:
     return out
 
 
+def local_can_run(kind: str) -> bool:
+    import shutil
+
+    from vpshost.host.probe import is_xen_dom0
+
+    if kind == "xen":
+        return is_xen_dom0()
+    return shutil.which({"container": "lxc-start", "vm": "qemu-system-x86_64"}[kind]) \
+        is not None
+
+
+def local_load(svc: Service, kind: str) -> HostLoad:
+    import os
+    import shutil
+
+    import psutil
+
+    u = _committed(svc, kind).get(svc.host, {})
+    svc.config.state_dir.mkdir(parents=True, exist_ok=True)
+    return HostLoad(name=svc.host, cpus=os.cpu_count() or 1,
+                    memory_mb=psutil.virtual_memory().total // (1024 * 1024),
+                    disk_mb=shutil.disk_usage(svc.config.state_dir).free // (1024 * 1024),
+                    used_vcpus=u.get("vcpus", 0), used_memory_mb=u.get("memory_mb", 0),
+                    used_disk_mb=u.get("disk_mb", 0), usable=local_can_run(kind))
+
+
 def choose(svc: Service, kind: str, plan: Plan, wanted: str | None,
            exclude: str | None = None) -> str:
     """The host a new (or moving) guest goes to."""
     if wanted == svc.host:
         return svc.host
     candidates = [h for h in loads(svc, kind) if h.name != exclude]
+    if candidates and not wanted and exclude is None and svc.config.cluster.place_local:
+        candidates.append(local_load(svc, kind))  # new guests only: moves go to agents
     if wanted:
         match = [h for h in candidates if h.name == wanted]
         if not match:
