@@ -25,6 +25,7 @@ import ipaddress
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,6 +44,7 @@ BRIDGE_MAC_PREFIX = "0a:76:71"  # guests use 0a:76:70 (addresses.mac_for)
 _IFF_UP = 0x1
 _TABLE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,30}$")
 _SYS_NET = "/sys/class/net"
+_SETUP_LOCK = threading.Lock()
 _IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 _IP6_FORWARD = "/proc/sys/net/ipv6/conf/all/forwarding"
 
@@ -177,6 +179,16 @@ def ensure_bridge(cfg: NetworkConfig, segment: Segment | int) -> str:
     seg = plan.segment(segment) if isinstance(segment, int) else segment
     if _bridge_ready(cfg, seg):
         return seg.bridge
+    # One thread at a time on the slow path: concurrent first starts (the API's worker
+    # pool) would otherwise import pyroute2 at once and can trip Python's import lock
+    # deadlock detection; the second thread then finds the bridge ready.
+    with _SETUP_LOCK:
+        if _bridge_ready(cfg, seg):
+            return seg.bridge
+        return _create_bridge(cfg, seg)
+
+
+def _create_bridge(cfg: NetworkConfig, seg: Segment) -> str:
     from pyroute2.netlink.exceptions import NetlinkError
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
