@@ -141,7 +141,10 @@ def run_type(env: BenchEnv, good: Place, bad: Place, gateway: str, q: dict[str, 
     try:
         for name, script in stressors(q["plan_mb"], seconds, gateway, bad.scratch).items():
             progress(f"isolation: {good.kind}, neighbour runs {name}")
-            t = threading.Thread(target=env.sh, args=(bad, script, seconds + 60),
+            # quiet, and reap what timeout(1) leaves (it kills the shell, not its pipes)
+            wrapped = (f"({script}) </dev/null >/dev/null 2>&1; "
+                       "killall -9 nc cat dd tr 2>/dev/null; true")
+            t = threading.Thread(target=env.sh, args=(bad, wrapped, seconds + 60),
                                  daemon=True)
             t.start()
             if name == "net-receive":
