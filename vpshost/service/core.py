@@ -686,11 +686,13 @@ class Service:
 
         Instances in a transient state whose worker process is gone are settled from
         what the driver really finds; with ``all_instances``, every instance is checked
-        (server start-up), and guests on the host the store does not know are reported.
+        (server start-up), and guests on this host the store does not know are reported.
+        Guests on other hosts are asked about through their agents. The pids are this
+        machine's: run one control plane per store (several on one machine are fine).
         """
         fixed: builtins.list[str] = []
         with self.db.session() as s:
-            rows = list(s.scalars(select(Instance).where(Instance.host == self.host)))
+            rows = list(s.scalars(select(Instance)))
             s.execute(update(Operation).where(Operation.status == "running").values(
                 status="failure", error="the server stopped before it finished",
                 finished_at=utcnow()))
@@ -700,14 +702,17 @@ class Service:
                 continue
             if row.state in states.TRANSIENT and _alive(row.busy_pid):
                 continue  # another live process is working on it
-            msg = self._reconcile_one(row)
+            try:
+                msg = self._reconcile_one(row)
+            except VpsError as exc:  # e.g. its host's agent is down: try again later
+                msg = f"{row.name}: could not check it on host {row.host}: {exc.message}"
             if msg:
                 fixed.append(msg)
                 report(msg)
         if all_instances:
             for kind in {r.type for r in rows} | {"container"}:
                 with suppress(VpsError):
-                    known = {r.name for r in rows if r.type == kind}
+                    known = {r.name for r in rows if r.type == kind and r.host == self.host}
                     for name in sorted(self.driver(kind).present() - known):
                         msg = f"{name}: a {kind} on the host that the store does not know; " \
                               "left alone (remove it by hand if it is not yours)"
