@@ -124,7 +124,8 @@ def prepare(drv: QemuDriver, guest: Guest, listen_host: str) -> dict[str, Any]:
         paths.info.write_text(json.dumps({"name": guest.name, "image": guest.image,
                                           "kind": image["kind"]}) + "\n")
         (guest.dir / INCOMING).write_text(json.dumps(_guest_json(guest)))
-        tap = network.ensure_tap(guest.id, guest.net.bridge) if guest.net else None
+        tap = network.ensure_tap(network.tap_for(guest.dir), guest.net.bridge) if guest.net \
+            else None
         argv = build_argv(guest, image, accel, tap, paths) + ["-S", "-incoming", "defer"]
         runner.run(argv, timeout=60)
         pid = process.qemu_pid(paths)
