@@ -30,23 +30,26 @@ def overhead(r: dict[str, Any], path: Path) -> None:
     kinds = list(ratios)
     keys = [(k, lbl) for k, lbl, _ in OVERHEAD_ROWS
             if any(_ok(ratios[t].get(k)) for t in kinds)]
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(keys) * max(1, len(kinds)) + 1.5))
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(keys) * max(1, len(kinds)) + 1.8))
     h = 0.8 / max(1, len(kinds))
     for i, t in enumerate(kinds):
         ys = [j + i * h for j in range(len(keys))]
-        vals = [ratios[t].get(k) if _ok(ratios[t].get(k)) else 0 for k, _ in keys]
-        bars = ax.barh(ys, vals, height=h, color=COLORS.get(t), label=r["labels"][t])
-        for b, v in zip(bars, vals, strict=True):
-            ax.text(b.get_width() + 0.01, b.get_y() + h / 2,
-                    f"{v:.2f}" if v else "n/a", va="center", fontsize=8)
+        vals = [ratios[t].get(k) if _ok(ratios[t].get(k)) else None for k, _ in keys]
+        ax.barh(ys, [v or 0 for v in vals], height=h, color=COLORS.get(t),
+                label=r["labels"][t])
+        for y, v in zip(ys, vals, strict=True):
+            ax.text(v * 1.08 if v else 0.0012, y,
+                    (f"{v:.2f}" if v >= 0.01 else f"{v:.3f}") if v else "not run",
+                    va="center", fontsize=8, color="black" if v else "gray")
+    ax.set_xscale("log")
+    ax.set_xlim(0.001, 20)
     ax.set_yticks([j + h * (len(kinds) - 1) / 2 for j in range(len(keys))])
     ax.set_yticklabels([lbl for _, lbl in keys], fontsize=9)
     ax.invert_yaxis()
     ax.axvline(1.0, color="black", lw=0.8, ls="--")
-    ax.set_xlim(0, max(1.25, max((ratios[t].get(k) or 0 for t in kinds for k, _ in keys
-                                  if _ok(ratios[t].get(k))), default=1) * 1.15))
-    ax.set_xlabel("ratio to native (1.0 = native; lower is worse)")
-    ax.set_title("Overhead against native")
+    ax.set_xlabel("ratio to native, log scale (1 = native; left of the line is slower)")
+    accel = r["machine"].get("vm_accel", "").upper()
+    ax.set_title("Overhead against native" + (f" (VMs: QEMU {accel})" if accel else ""))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -57,33 +60,42 @@ def isolation(r: dict[str, Any], path: Path) -> None:
     plt = _plt()
     kinds = list(r["isolation"])
     names = list(next(iter(r["isolation"].values()))["stressors"])
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     w = 0.8 / max(1, len(kinds))
-    top = 10.0
+    hi = 2.0
     for i, t in enumerate(kinds):
         st = r["isolation"][t]["stressors"]
         for j, n in enumerate(names):
             s = st[n]
             v = s["degradation_pct"]
-            failed = s["failed"] / max(1, s["requests"]) * 100
             x = j + i * w
-            val = v if _ok(v) else 0.0
-            top = max(top, val)
-            ax.bar(x, val, width=w, color=COLORS.get(t),
-                   label=r["labels"][t] if j == 0 else None)
-            note = f"{val:.0f}%" if _ok(v) else "all failed"
-            if failed and _ok(v):
-                note += f"\n{failed:.0f}% failed"
+            failed = s["failed"] / max(1, s["requests"]) * 100
+            if _ok(v):
+                ratio = max(0.05, 1 + v / 100)
+                hi = max(hi, ratio)
+                ax.bar(x, ratio - 1, bottom=1, width=w, color=COLORS.get(t),
+                       label=r["labels"][t] if j == 0 else None)
+                note = f"{ratio:.2g}x"
+                if failed:
+                    note += f"\n{failed:.0f}% failed"
+                y = max(ratio, 1)
+            else:
+                ax.bar(x, 0, bottom=1, width=w, color=COLORS.get(t),
+                       label=r["labels"][t] if j == 0 else None)
+                note, y = "all\nfailed", 1
             if not s["survived"]:
-                note += "\nneighbour died"
-            ax.text(x, val, note, ha="center", va="bottom", fontsize=7)
+                note += "\nneighbour\ndied"
+            if s.get("good_serving_after") is False:
+                note += "\ngood guest\ndown"
+            ax.text(x, y * 1.05, note, ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylim(0.3, hi * 4)
+    ax.axhline(1, color="black", lw=0.8)
     ax.set_xticks([j + w * (len(kinds) - 1) / 2 for j in range(len(names))])
     ax.set_xticklabels(names)
-    ax.set_ylim(min(0, ax.get_ylim()[0]), top * 1.3)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel("good guest's mean response time vs baseline (%)")
-    ax.set_title("Isolation: degradation of an HTTP guest per neighbour stressor")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("good guest's mean response time\n/ its baseline (log; 1 = unaffected)")
+    ax.set_title("Isolation: an HTTP guest while its neighbour runs one stressor")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -105,6 +117,11 @@ def scaling(r: dict[str, Any], path: Path) -> None:
     ax.set_xticks(xs_all)
     ax.set_xticklabels([str(x) for x in xs_all])
     ax.set_yscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_xlabel("guests running the job at once")
     ax.set_ylabel("total throughput (MiB/s hashed, log scale)")
     ax.set_title(f"Scalability on {r['machine']['cores']} cores")

@@ -100,14 +100,14 @@ def markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
 
     L += ["## Scalability", "",
           f"N guests (1 vCPU each) hash {r['params']['scaling']['mib']} MiB at once; total "
-          "throughput = all MiB / wall time until the last finished. Native = N processes "
-          "on the host.", ""]
+          "throughput = all MiB / the slowest guest's time (guest clock). Native = N "
+          "processes on the host.", ""]
     rows = []
     for k, series in r["scaling"].items():
         for s in series:
             rows.append([lab.get(k, k), s["guests"], s["total_mibps"], s["wall_s"],
                          s["failures"]])
-    L += _table(["type", "guests", "total MiB/s", "wall s", "failures"], rows)
+    L += _table(["type", "guests", "total MiB/s", "slowest s", "failures"], rows)
     if "scaling" in plots:
         L += [f"![scaling]({plots['scaling']})", ""]
 
