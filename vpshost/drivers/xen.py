@@ -510,13 +510,16 @@ class XenDriver(Driver):
         disk, fmt = self._disk(guest)
         running = guest.name in xl_list()
         was_paused = running and self.power(guest) == Power.PAUSED
+        if was_paused:
+            # a PV guest suspends itself for a save: it has to run to answer
+            xl("unpause", guest.name, timeout=30)
         try:
-            if running and not was_paused:
-                xl("pause", guest.name, timeout=30)
+            if running:
+                # -c: the domain goes on after the save; -p: paused, so the disk copied
+                # next is of the same instant as the saved memory
+                xl("save", "-c", "-p", guest.name, str(d / f"{snap}.save"), timeout=1800)
             runner.run(["cp", "--sparse=always", str(disk), str(d / f"{snap}.disk.{fmt}")],
                        timeout=1800)
-            if running:
-                xl("save", "-c", "-p", guest.name, str(d / f"{snap}.save"), timeout=1800)
         except BaseException:
             for f in d.glob(f"{snap}.*"):
                 f.unlink()

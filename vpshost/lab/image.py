@@ -36,7 +36,7 @@ from vpshost.config import Config
 from vpshost.errors import RuntimeFailure
 
 Progress = Callable[[str], None]
-IMAGE_VERSION = 3  # bump when the configuration stage changes
+IMAGE_VERSION = 4  # bump when the configuration stage changes
 ROOTFS_MB = 4096
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = [
@@ -153,7 +153,10 @@ Requires=vpslab.service
 [Service]
 ExecStart=/usr/local/sbin/vpslab-agent
 Restart=always
-RestartSec=3
+RestartSec=1
+# The QEMU device models xl starts for guests (qdisk, channels) are children of the
+# agent: a restart of the agent must not take them down with it.
+KillMode=process
 StandardOutput=journal
 StandardError=journal
 
