@@ -263,6 +263,14 @@ class ContainerDriver(Driver):
         self._lxc("unfreeze", guest)
 
     def set_limits(self, guest: Guest, plan: Plan) -> None:
+        running = self.power(guest) is Power.RUNNING
+        if plan.disk_mb > guest.plan.disk_mb:
+            if running:
+                raise UsageError(f"the disk of container {guest.name} grows only while it "
+                                 "is stopped", f"vps stop {guest.name}, then resize")
+            self._grow_disk(guest, plan.disk_mb)
+        if not running:
+            return  # the config is rendered from the plan at the next start
         kind = cgroups.layout()
         settings = cgroups.plan_settings(plan, guest.id, kind, swap=cgroups.swap_accounting())
         # v1 refuses a memory limit above memsw: order the writes so both stay valid
@@ -272,6 +280,13 @@ class ContainerDriver(Driver):
             # "--": a value such as -1 (no CPU cap) is not an option
             self._lxc("cgroup", guest, "--", key, settings[key])
         self._apply_io(guest, plan)
+
+    def _grow_disk(self, guest: Guest, disk_mb: int) -> None:
+        disk = guest.dir / "disk.img"
+        run(["e2fsck", "-f", "-p", str(disk)], timeout=600)  # resize2fs insists on it
+        with open(disk, "r+b") as f:
+            f.truncate(disk_mb * 1024 * 1024)
+        run(["resize2fs", "-p", str(disk)], timeout=600)
 
     def _apply_io(self, guest: Guest, plan: Plan) -> None:
         device = self._loop_device(guest)

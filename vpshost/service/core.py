@@ -493,7 +493,9 @@ class Service:
         self._check_capacity(new, row.type, exclude=name)
         if new.disk_mb < row.disk_mb:
             raise UsageError("disks only grow", f"the disk is {row.disk_mb}M now")
-        if row.state == State.RUNNING:
+        if row.state == State.RUNNING or new.disk_mb != row.disk_mb:
+            # running: limits apply live; stopped: only the disk needs work now, the
+            # rest is applied at the next start
             self.driver_for(row.host, row.type).set_limits(self.guest(row), new)
         with self.db.session() as s:
             s.execute(update(Instance).where(Instance.id == row.id)
