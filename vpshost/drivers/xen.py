@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 XL = "xl"
 MiB = 1024 * 1024
 _SNAP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-XEN_TINY_VERSION = 3
+XEN_TINY_VERSION = 5
 XEN_TINY_MODULES = ["xen-blkfront", "xen-netfront", "ext4", "crc32c_generic"]
 OPTIONS = {
     "mode": "pv | pvh | hvm (default pv)",
