@@ -2,7 +2,7 @@
 
 Every job is a busybox shell script, so native, container and vm run the same program:
 native runs the host's /bin/busybox, containers and the tiny VM image are busybox
-userlands. Jobs time themselves from /proc/uptime (10 ms resolution; every job is
+userlands. Jobs time themselves from the guest kernel's clock (10 ms resolution; every job is
 sized to last well over a second natively) so exec overheads stay out of the figure.
 
 The suite runs in its own state directory, bridge prefix, subnet and nftables table
@@ -27,9 +27,12 @@ from vpshost.models import Plan
 
 ENV = {"VPS_BRIDGE_PREFIX": "vpsbn", "VPS_SUBNET": "10.213.0.0/16", "VPS_NAT_TABLE": "vpsbn"}
 IMAGES = {"container": "busybox", "vm": "tiny"}
-# "elapsed" prints the seconds since "start" was called, from the guest's own clock
-TIMER = "t0=$(cut -d' ' -f1 /proc/uptime); "
-ELAPSED = "t1=$(cut -d' ' -f1 /proc/uptime); echo \"ELAPSED $t0 $t1\""
+# The start time of a `cut` process (field 22 of /proc/self/stat: clock ticks since
+# boot) before and after the job. Not /proc/uptime: inside containers lxcfs serves that
+# file with its own notion of uptime.
+TIMER = "t0=$(cut -d' ' -f22 /proc/self/stat); "
+ELAPSED = "t1=$(cut -d' ' -f22 /proc/self/stat); echo \"ELAPSED $t0 $t1\""
+TICKS = 100  # USER_HZ; Linux reports /proc times in 1/100 s on every architecture
 
 
 def elapsed(out: str) -> float:
@@ -37,7 +40,7 @@ def elapsed(out: str) -> float:
     for line in out.splitlines():
         if line.startswith("ELAPSED "):
             _, a, b = line.split()
-            return max(0.005, float(b) - float(a))
+            return max(0.005, (int(b) - int(a)) / TICKS)
     raise ValueError(f"no timing in the job's output: {out[-300:]!r}")
 
 

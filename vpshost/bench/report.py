@@ -74,7 +74,10 @@ def markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
     L += ["fio runs natively and for containers (the host's fio inside the container's "
           "cgroups, on its filesystem); the tiny VM image has no fio, so the VM's disk "
           "figures are the dd rows. The VM disk is a qcow2 overlay: O_DIRECT inside the "
-          "guest still goes through QEMU's host-side I/O path.", ""]
+          "guest still goes through QEMU's host-side I/O path. Likewise a container's disk is "
+          "an ext4 image on a loop device: O_DIRECT stops at the loop device, which reads "
+          "and writes its backing file through the host's page cache, so container disk "
+          "figures above native measure that cache, not the disk.", ""]
     if "overhead" in plots:
         L += [f"![overhead ratios]({plots['overhead']})", ""]
 
