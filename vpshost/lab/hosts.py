@@ -367,7 +367,13 @@ def register(host: LabHost) -> str | None:
     if "No such command" in err or "no such option" in err.lower():
         return None
     if "already" in err:
-        return f"host '{host.name}' was already registered"
+        # re-register, so the control plane has this boot's capabilities
+        runner.run([vps, "host", "remove", host.name], timeout=60, check=False)
+        res = runner.run([vps, "host", "add", host.name, "--url", host.url,
+                          "--secret", secret(host)], timeout=60, check=False)
+        if res.ok:
+            return f"re-registered as host '{host.name}'"
+        err = (res.stderr or res.stdout).strip()
     return f"registering failed: {err.splitlines()[-1] if err else res.returncode}"
 
 

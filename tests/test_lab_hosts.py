@@ -1,0 +1,178 @@
+"""Real nested lab hosts: a Xen dom0 and a KVM host under QEMU TCG (docs/xen.md).
+
+Slow (the first run builds the lab image, ~2 min; each host boots in about a minute):
+run only these with ``.venv/bin/pytest -m lab``. A lab host that is already up is
+reused and left up; one these tests boot is powered off at the end.
+
+The control plane here is a Service on a temporary state directory (its own store),
+with the lab hosts registered through their agents, exactly as `vps host add` does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.lab]
+
+
+def _problem() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (bridge, taps, chroot)"
+    for tool in ("qemu-system-x86_64", "debootstrap", "mkfs.ext4", "qemu-img"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    return None
+
+
+if _problem():
+    pytest.skip(_problem() or "", allow_module_level=True)
+
+from vpshost.config import Config, load  # noqa: E402
+from vpshost.lab import hosts  # noqa: E402
+from vpshost.models import Plan  # noqa: E402
+from vpshost.service import CreateRequest, Service  # noqa: E402
+
+
+def _lab_cfg() -> Config:
+    return load()
+
+
+@pytest.fixture(scope="module")
+def control(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    cfg = load()
+    cfg.state_dir = tmp_path_factory.mktemp("lab-control")
+    cfg.db_url = ""
+    yield Service(cfg)
+
+
+def _host_up(kind: str, name: str) -> Iterator[hosts.LabHost]:
+    cfg = _lab_cfg()
+    booted = False
+    h = hosts._load(cfg, name)
+    if h is None or hosts.pid(h) is None:
+        hosts.up(cfg, kind, name, timeout=600)
+        booted = True
+    h = hosts._load(cfg, name)
+    assert h is not None
+    if not booted:
+        hosts.sync_code(cfg, name)  # this checkout's code, not the one it booted with
+        hosts.wait_agent(h, 120)
+    yield h
+    if booted:
+        hosts.down(cfg, name)
+
+
+@pytest.fixture(scope="module")
+def xen_host(control: Service) -> Iterator[hosts.LabHost]:
+    for h in _host_up("xen", "xen1"):
+        control.host_add(h.name, h.url, hosts.secret(h))
+        yield h
+
+
+@pytest.fixture(scope="module")
+def kvm_host(control: Service) -> Iterator[hosts.LabHost]:
+    for h in _host_up("kvm", "kvm1"):
+        control.host_add(h.name, h.url, hosts.secret(h))
+        yield h
+
+
+def lab_sh(host: hosts.LabHost, script: str, timeout: float = 120) -> Any:
+    return hosts.exec_in(_lab_cfg(), host.name, ["sh", "-c", script], timeout)
+
+
+def guest_sh(svc: Service, name: str, script: str) -> str:
+    res = svc.exec(name, ["sh", "-c", script])
+    out = res.stdout if hasattr(res, "stdout") else res["stdout"]
+    return str(out)
+
+
+def meminfo_kb(svc: Service, name: str) -> int:
+    return int(guest_sh(svc, name, "grep MemTotal /proc/meminfo").split()[1])
+
+
+@pytest.fixture(scope="module")
+def pv_guest(control: Service, xen_host: hosts.LabHost) -> Iterator[dict[str, Any]]:
+    t0 = time.monotonic()
+    view = control.create(CreateRequest(name="labpv", type="xen", image="tiny",
+                                        plan=Plan(memory_mb=128), start=True,
+                                        options={"mode": "pv"}, host=xen_host.name))
+    view["boot_s"] = time.monotonic() - t0
+    yield view
+    control.delete("labpv", force=True)
+
+
+def test_pv_domain_boots_and_answers_ping(control: Service, xen_host: hosts.LabHost,
+                                          pv_guest: dict[str, Any]) -> None:
+    assert pv_guest["state"] == "running"
+    ip = pv_guest["ip"]
+    res = lab_sh(xen_host, f"ping -c 2 -W 3 {ip}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert guest_sh(control, "labpv", "hostname").strip() == "labpv"
+    lst = lab_sh(xen_host, "xl list labpv").stdout
+    assert "labpv" in lst
+    print(f"PV domain create+start through the agent: {pv_guest['boot_s']:.1f}s")
+
+
+def test_pv_memory_resize_seen_inside(control: Service, pv_guest: dict[str, Any]) -> None:
+    before = meminfo_kb(control, "labpv")
+    control.resize("labpv", memory_mb=96)
+    deadline = time.monotonic() + 30
+    after = before
+    while time.monotonic() < deadline:
+        after = meminfo_kb(control, "labpv")
+        if after <= before - 24 * 1024:
+            break
+        time.sleep(1)
+    assert after <= before - 24 * 1024, (before, after)
+    control.resize("labpv", memory_mb=128)
+
+
+def test_pv_save_and_restore(control: Service, xen_host: hosts.LabHost,
+                             pv_guest: dict[str, Any]) -> None:
+    guest_sh(control, "labpv", "echo before > /data/marker; sync")
+    control.snapshot("labpv", "s1")
+    # the checkpoint leaves the domain running, exec included
+    guest_sh(control, "labpv", "echo after > /data/marker; sync")
+    view = control.restore("labpv", "s1")
+    assert view["state"] == "running"
+    res = lab_sh(xen_host, f"ping -c 2 -W 3 {pv_guest['ip']}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # the disk is back as it was at the snapshot (read from dom0: after a restore the
+    # PV channel does not reconnect, see docs/xen.md)
+    disk = "/var/lib/vpshost/guests/labpv/disk.raw"
+    res = lab_sh(xen_host, f"cmp {disk} /var/lib/vpshost/guests/labpv/snapshots/s1.disk.raw "
+                 "&& echo same")
+    assert "same" in res.stdout, res.stdout + res.stderr
+
+
+def test_kvm_vm_boots_with_kvm_and_answers(control: Service,
+                                           kvm_host: hosts.LabHost) -> None:
+    t0 = time.monotonic()
+    view = control.create(CreateRequest(name="labkvm", type="vm", image="tiny",
+                                        plan=Plan(memory_mb=128), start=True,
+                                        options={"accel": "kvm"}, host=kvm_host.name))
+    try:
+        boot = time.monotonic() - t0
+        assert view["state"] == "running"
+        assert guest_sh(control, "labkvm", "hostname").strip() == "labkvm"
+        res = lab_sh(kvm_host, f"ping -c 2 -W 3 {view['ip']}; "
+                     "ps -eo args | grep '[q]emu-system' | grep -o -- '-accel [a-z]*'")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "-accel kvm" in res.stdout
+        print(f"vm (KVM inside the TCG lab host) create+start: {boot:.1f}s")
+    finally:
+        control.delete("labkvm", force=True)
+
+
+def test_lab_status_reports_agent(xen_host: hosts.LabHost) -> None:
+    (row,) = hosts.status(_lab_cfg(), "xen", xen_host.name)
+    assert row["state"] == "up" and row["agent"] is True
+    assert row["uptime_s"] > 0
+    assert Path(row["serial_log"]).read_text(errors="replace").count("Xen") > 0
