@@ -189,7 +189,7 @@ def test_cpu_cap_in_qemu_cgroup_and_bandwidth_on_tap(driver: QemuDriver, vm: Gue
             assert quota.read_text().strip() == "20000"
         else:
             assert (d / "cpu.max").read_text().split()[0] == "20000"
-        tc = subprocess.run(["tc", "qdisc", "show", "dev", network.tap_name(vm.id)],
+        tc = subprocess.run(["tc", "qdisc", "show", "dev", network.tap_for(vm.dir)],
                             capture_output=True, text=True).stdout
         assert "tbf" in tc and "10Mbit" in tc
     finally:
