@@ -121,8 +121,9 @@ class BenchEnv:
 
     def timed(self, p: Place, job: str, timeout: float = 600) -> float:
         """Run ``job`` between the guest-clock timestamps; its seconds."""
-        rc, out = self.sh(p, TIMER + job + "; " + ELAPSED, timeout)
-        if rc != 0:
+        # "&&": a failing job (a full disk, say) prints no timing and raises below
+        rc, out = self.sh(p, TIMER + job + " && " + ELAPSED, timeout)
+        if rc != 0 or "ELAPSED" not in out:
             raise RuntimeError(f"job failed in {p.name} (rc {rc}): {out[-400:]}")
         return elapsed(out)
 

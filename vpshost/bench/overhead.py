@@ -28,6 +28,7 @@ from typing import Any
 from vpshost.bench.guests import BenchEnv, Place
 
 NC_PORT = 5201
+DISK_CAP_MIB = 96  # the bench plans' smallest disk is 256 MiB
 
 
 def cpu_job(mib: int) -> str:
@@ -42,16 +43,19 @@ def _median(env: BenchEnv, p: Place, job: str, reps: int) -> float:
     return statistics.median(env.timed(p, job) for _ in range(reps))
 
 
-def _rate(env: BenchEnv, p: Place, make: Any, size: int, reps: int, target_s: float
-          ) -> tuple[float, int]:
+def _rate(env: BenchEnv, p: Place, make: Any, size: int, reps: int, target_s: float,
+          cap: int = 1 << 40) -> tuple[float, int]:
     """Units per second of ``make(size)``, growing the size until one run lasts about
     ``target_s`` (the guest clock ticks in 10 ms, and a TCG guest is 10-300x slower
-    than native, so one fixed size cannot suit every type). Returns (rate, size used)."""
+    than native, so one fixed size cannot suit every type); never beyond ``cap`` (disk
+    jobs must fit the guest's disk). Returns (rate, size used)."""
     for _ in range(6):
         t = env.timed(p, make(size))
         if t >= target_s / 2:
             break
-        size = int(size * min(16.0, target_s / max(t, 0.01)))
+        if size >= cap:
+            break
+        size = min(cap, int(size * min(16.0, target_s / max(t, 0.01))))
     best = statistics.median([t, *(env.timed(p, make(size)) for _ in range(reps - 1))])
     return size / best, size
 
@@ -60,11 +64,12 @@ def disk(env: BenchEnv, p: Place, mib: int, reps: int, target_s: float
          ) -> dict[str, float]:
     f = f"{p.scratch}/bench.dat"
     w, _ = _rate(env, p, lambda n: f"dd if=/dev/zero of={f} bs=1M count={n} oflag=direct "
-                 "conv=fsync 2>/dev/null", mib, reps, target_s)
+                 "conv=fsync 2>/dev/null", mib, reps, target_s, cap=DISK_CAP_MIB)
     r = _median(env, p, f"dd if={f} of=/dev/null bs=1M iflag=direct 2>/dev/null", reps)
     size = int(env.sh(p, f"wc -c < {f}")[1].split()[0]) // 2**20
     w4, _ = _rate(env, p, lambda n: f"dd if=/dev/zero of={f}.4k bs=4k count={n} "
-                  "oflag=direct 2>/dev/null", mib * 16, reps, target_s)
+                  "oflag=direct 2>/dev/null", mib * 16, reps, target_s,
+                  cap=DISK_CAP_MIB * 256)
     env.sh(p, f"rm -f {f} {f}.4k")
     return {"seq_write_mbps": w, "seq_read_mbps": size / r, "write_4k_iops": w4}
 

@@ -116,11 +116,14 @@ def markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
 
     L += ["## Density", "",
           "Idle guests started until the configured count (or 90% of host memory); memory "
-          "per guest = growth of host used memory / guests; fit = 90% of memory / that.", ""]
-    rows = [[lab[k], d["plan_memory_mb"], d["guests"], d["mb_per_guest"], d["fit_estimate"],
-             d["failures"], d["stop_reason"]] for k, d in r["density"].items()]
-    L += _table(["type", "plan MiB", "started", "MiB per guest", "fit (extrapolated)",
-                 "failures", "stopped because"], rows)
+          "per guest counted from the host side (container: memory cgroup usage plus its "
+          "LXC monitor; VM: QEMU's resident size); fit = what 90% of host memory holds. "
+          "The growth of host used memory is shown beside it (other work moves it).", ""]
+    rows = [[lab[k], d["plan_memory_mb"], d["guests"], d["mb_per_guest"],
+             d.get("host_delta_mb_per_guest"), d["fit_estimate"], d["failures"],
+             d["stop_reason"]] for k, d in r["density"].items()]
+    L += _table(["type", "plan MiB", "started", "MiB per guest", "host used growth / guest",
+                 "fit (extrapolated)", "failures", "stopped because"], rows)
     if "density" in plots:
         L += [f"![density]({plots['density']})", ""]
 
