@@ -487,6 +487,13 @@ class XenDriver(Driver):
         xl("sched-credit2", "-d", guest.name, "-w", str(xencfg.xen_weight(plan.cpu_weight)),
            "-c", str(plan.cpu_cap_pct), timeout=30)
 
+    # ------------------------------------------------------------------ migration
+    def migration_files(self, guest: Guest) -> list[str]:
+        """What a cold move copies: the definition and the disk (the domain config is
+        rendered again on the target at start)."""
+        _disk, fmt = self._disk(guest)
+        return ["xen.json", f"disk.{fmt}"]
+
     # ------------------------------------------------------------------ snapshots
     def _snapdir(self, guest: Guest) -> Path:
         return guest.dir / "snapshots"
