@@ -184,7 +184,7 @@ class Service:
 
     # -- create ------------------------------------------------------------------
     def _check_capacity(self, plan: Plan, kind: str = "container",
-                        exclude: str | None = None) -> None:
+                        exclude: str | None = None, local: bool = True) -> None:
         cores = os.cpu_count() or 1
         mem = psutil.virtual_memory().total // (1024 * 1024)
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -202,9 +202,18 @@ class Service:
         if plan.cpu_cap_pct > plan.vcpus * 100:
             raise UsageError(f"cpu cap {plan.cpu_cap_pct}% is more than {plan.vcpus} "
                              f"CPU(s) can use", f"use at most {plan.vcpus * 100}")
-        from vpshost.service import capacity  # overcommit ratios across all guests
+        if local:  # a guest bound for another host is admitted by placement there
+            from vpshost.service import capacity  # overcommit ratios across all guests
 
-        capacity.check(self, kind, plan, exclude)
+            capacity.check(self, kind, plan, exclude)
+
+    def _bound_here(self, host: str | None) -> bool:
+        """Whether a new guest certainly goes to this host: asked for by name, or no
+        other host is registered (placement admits it otherwise)."""
+        if host is not None:
+            return host == self.host
+        with self.db.session() as s:
+            return not s.scalar(select(func.count()).select_from(Host))
 
     def _known_image(self, kind: str, image: str) -> None:
         names = [i["name"] for i in self.images() if i["type"] == kind]
@@ -219,7 +228,7 @@ class Service:
         check_type(req.type)
         plan = req.plan.validate()
         self._known_image(req.type, req.image)
-        self._check_capacity(plan, req.type)
+        self._check_capacity(plan, req.type, local=self._bound_here(req.host))
         with self.db.session() as s:
             if s.scalar(select(Instance.id).where(Instance.name == req.name)):
                 raise Conflict(f"an instance named '{req.name}' already exists",
@@ -232,6 +241,10 @@ class Service:
         from vpshost.cluster import hosts as cluster_hosts
 
         host = cluster_hosts.choose(self, req.type, plan, req.host)
+        if host == self.host and not self._bound_here(req.host):
+            from vpshost.service import capacity  # placement chose this host: admit here
+
+            capacity.check(self, req.type, plan)
         row = self._insert(req, plan, caller, host)
         guest = self.guest(row)
         try:
@@ -490,7 +503,7 @@ class Service:
             raise UsageError(f"cannot resize {', '.join(sorted(unknown))}")
         new = replace(views.plan_of(row), **{k: v for k, v in changes.items()
                                               if v is not None}).validate()
-        self._check_capacity(new, row.type, exclude=name)
+        self._check_capacity(new, row.type, exclude=name, local=row.host == self.host)
         if new.disk_mb < row.disk_mb:
             raise UsageError("disks only grow", f"the disk is {row.disk_mb}M now")
         if row.state == State.RUNNING or new.disk_mb != row.disk_mb:
