@@ -11,6 +11,7 @@ PACKAGES=(
   python3 python3-venv python3-pip
   chromium                                      # the web page's test renders it headless
   postgresql                                    # the store of a cluster
+  fio                                           # vps bench: disk figures
   syslinux syslinux-common mtools               # bootable test disks for VMDK import
 )
 
