@@ -8,6 +8,7 @@ import pytest
 
 from vpshost.drivers import xencfg
 from vpshost.drivers.base import Power
+from vpshost.drivers.bootargs import kernel_args
 from vpshost.drivers.xen import parse_state, xen_agent_script
 from vpshost.errors import UsageError
 from vpshost.models import Guest, NetSpec, Plan
@@ -85,10 +86,10 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_kernel_cmdline_carries_network() -> None:
-    line = xencfg.kernel_cmdline(guest(options={"append": "debug"}), "console=hvc0")
+    line = kernel_args(guest(options={"append": "debug"}), "console=hvc0")
     assert line == ("console=hvc0 vps.hostname=web1 vps.ip=10.88.0.5/22 vps.gw=10.88.0.1 "
                     "debug")
-    assert xencfg.kernel_cmdline(guest(net=None), "") == "vps.hostname=web1"
+    assert kernel_args(guest(net=None), "") == "vps.hostname=web1"
 
 
 def test_no_network_means_no_vif() -> None:
@@ -99,7 +100,7 @@ def test_quotes_cannot_break_out() -> None:
     with pytest.raises(UsageError):
         xencfg.render(guest(options={"append": 'x" evil="1'}), Path("/d"), "raw",
                       xencfg.BootFiles(Path("/k"), None,
-                                       xencfg.kernel_cmdline(guest(options={
+                                       kernel_args(guest(options={
                                            "append": 'x" evil="1'}), "")))
 
 

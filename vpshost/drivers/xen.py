@@ -28,6 +28,7 @@ from vpshost import runner
 from vpshost.config import Config
 from vpshost.drivers import xencfg
 from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_progress
+from vpshost.drivers.bootargs import kernel_args
 from vpshost.errors import (
     CommandError,
     Conflict,
@@ -291,7 +292,7 @@ class XenDriver(Driver):
             kernel, initrd = d / m["kernel"], d / m["initrd"]
             append = str(m.get("append", "")).replace("/dev/vda", "/dev/xvda")
             append = append.replace("console=ttyS0", "console=hvc0")
-        return xencfg.BootFiles(kernel, initrd, xencfg.kernel_cmdline(guest, append))
+        return xencfg.BootFiles(kernel, initrd, kernel_args(guest, append))
 
     def render(self, guest: Guest) -> str:
         disk, fmt = self._disk(guest)

@@ -53,22 +53,6 @@ def xen_weight(plan_weight: int) -> int:
     return max(1, min(65535, round(plan_weight * XEN_DEFAULT_WEIGHT / 100)))
 
 
-def kernel_cmdline(guest: Guest, image_append: str) -> str:
-    """The image's own arguments plus the vps.* network settings the guest's init reads."""
-    args = [image_append, f"vps.hostname={guest.name}"]
-    if guest.net:
-        n = guest.net
-        args.append(f"vps.ip={n.ip}/{n.prefixlen}")
-        if n.gateway:
-            args.append(f"vps.gw={n.gateway}")
-        if n.ip6:
-            args.append(f"vps.ip6={n.ip6}/{n.prefixlen6}")
-        if n.gateway6:
-            args.append(f"vps.gw6={n.gateway6}")
-    extra = str(guest.options.get("append", "")).strip()
-    if extra:
-        args.append(extra)
-    return " ".join(a for a in args if a)
 
 
 def _q(value: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vpshost.drivers.bootargs import kernel_args
 from vpshost.drivers.qemu.accel import cpu_model
 from vpshost.drivers.qemu.paths import VmPaths
 from vpshost.models import Guest, Plan
@@ -18,22 +19,6 @@ DISK_BUSES = ("virtio", "ide", "scsi")
 NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 
 
-def kernel_args(guest: Guest, image_append: str) -> str:
-    """The image's own arguments plus vps.* network settings the guest's init reads."""
-    args = [image_append, f"vps.hostname={guest.name}"]
-    if guest.net:
-        n = guest.net
-        args.append(f"vps.ip={n.ip}/{n.prefixlen}")
-        if n.gateway:
-            args.append(f"vps.gw={n.gateway}")
-        if n.ip6:
-            args.append(f"vps.ip6={n.ip6}/{n.prefixlen6}")
-        if n.gateway6:
-            args.append(f"vps.gw6={n.gateway6}")
-    extra = str(guest.options.get("append", "")).strip()
-    if extra:
-        args.append(extra)
-    return " ".join(a for a in args if a)
 
 
 def throttle_opts(plan: Plan) -> list[str]:
