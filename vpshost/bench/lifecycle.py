@@ -5,7 +5,7 @@ The raw side does what a sysadmin would do by hand for the same result: an ext4 
 of the same size made with mkfs.ext4 -d from the same cached rootfs, the same LXC
 config, then lxc-start -d, lxc-stop and lxc-destroy. The vpshost side goes through
 the public service API (store writes, address allocation, bridge check included).
-It runs in its own state directory, bridge prefix and subnet, so it never touches the
+It runs in a throwaway vpshost (bench.guests.bench_env), so it never touches the
 user's guests.
 """
 
@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +26,6 @@ from vpshost.models import Guest, Plan
 
 PHASES = ("create", "start", "stop", "delete")
 PLAN = Plan(vcpus=1, memory_mb=64, disk_mb=64)
-RAW_TOP_IP = "10.249.3.254"
-ENV = {"VPS_BRIDGE_PREFIX": "vpsbench", "VPS_SUBNET": "10.249.0.0/16",
-       "VPS_NAT_TABLE": "vpsbench"}
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -57,7 +51,8 @@ def _raw_side(svc: Any, names: list[str]) -> dict[str, list[float]]:
         d = lxcpath / name
         # the same config vpshost renders, with a rootfs under the raw lxcpath
         # the top of the first segment: vpshost's own guests take the bottom
-        ip = str(ipaddress.ip_address(RAW_TOP_IP) - i)
+        top = ipaddress.ip_network(svc.addresses.segment(0).network).broadcast_address - 1
+        ip = str(top - i)
         guest = Guest(id=10_000 + i, name=name, type="container", image="busybox", plan=PLAN,
                       net=svc.addresses.netspec(ip, mac_for(10_000 + i)), dir=d)
         config_text = drv._render_config(guest)
@@ -93,19 +88,18 @@ def _vps_side(svc: Any, names: list[str]) -> dict[str, list[float]]:
     return times
 
 
-def _time_list(state_dir: Path, count: int, svc: Any) -> dict[str, float]:
+def _time_list(count: int, svc: Any) -> dict[str, float]:
     """Wall time of `vps list --json` (a new process each time) with ``count`` instances."""
     from vpshost.service import CreateRequest
 
     existing = len(svc.list())
     for i in range(existing, count):
         svc.create(CreateRequest(name=f"lst{i}", image="busybox", plan=PLAN))
-    env = dict(os.environ, VPS_STATE_DIR=str(state_dir), **ENV)
-    vps = str(Path(sys.executable).with_name("vps"))
+    vps = str(Path(sys.executable).with_name("vps"))  # bench_env set the environment
     samples = []
     for _ in range(7):
         t = time.perf_counter()
-        out = subprocess.run([vps, "list", "--json"], env=env, capture_output=True,
+        out = subprocess.run([vps, "list", "--json"], capture_output=True,
                              check=True).stdout
         samples.append(time.perf_counter() - t)
         assert len(json.loads(out)) == count
@@ -117,17 +111,14 @@ def run_lifecycle(count: int, list_size: int, as_json: bool) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
 
-    from vpshost.config import load
-    from vpshost.host import network
-    from vpshost.service import Service
+    from vpshost.bench.guests import bench_env
 
     con = Console(stderr=as_json)
-    state_dir = Path(tempfile.mkdtemp(prefix="vpsbench-", dir="/var/tmp"))
-    saved = {k: os.environ.get(k) for k in [*ENV, "VPS_STATE_DIR"]}
-    os.environ.update(ENV, VPS_STATE_DIR=str(state_dir))
-    cfg = load()
-    svc = Service(cfg)
-    try:
+    with bench_env() as env:
+        svc = env.svc
+        # the listing needs hundreds of rows on a small host; admission control is not
+        # what this measures, so the throwaway store may oversell freely
+        svc.config.overcommit.container.vcpu = 1000.0
         con.print(f"[bold]lifecycle of {count} busybox containers[/] "
                   f"(vpshost service API vs raw lxc-*, alternating batches)")
         vps_t: dict[str, list[float]] = {p: [] for p in PHASES}
@@ -150,7 +141,7 @@ def run_lifecycle(count: int, list_size: int, as_json: bool) -> dict[str, Any]:
             table.add_row(p, f"{v:.1f}", f"{r:.1f}", f"{v / r:.2f}x")
         con.print(table)
         con.print(f"[bold]vps list --json with {list_size} instances[/] (new process each time)")
-        result["list"] = _time_list(state_dir, list_size, svc)
+        result["list"] = _time_list(list_size, svc)
         con.print(f"  median {result['list']['median_ms']:.0f} ms, "
                   f"best {result['list']['min_ms']:.0f} ms")
         goal_start = result["phases"]["start"]["ratio"] <= 1.2
@@ -161,16 +152,3 @@ def run_lifecycle(count: int, list_size: int, as_json: bool) -> dict[str, Any]:
         if as_json:
             print(json.dumps(result, indent=2))
         return result
-    finally:
-        for inst in svc.list():
-            try:
-                svc.delete(inst["name"], force=True)
-            except Exception as exc:  # keep cleaning up the rest
-                con.print(f"[red]cleanup of {inst['name']} failed: {exc}[/]")
-        network.teardown(cfg.network)
-        shutil.rmtree(state_dir, ignore_errors=True)
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
