@@ -176,3 +176,34 @@ def test_lab_status_reports_agent(xen_host: hosts.LabHost) -> None:
     assert row["state"] == "up" and row["agent"] is True
     assert row["uptime_s"] > 0
     assert Path(row["serial_log"]).read_text(errors="replace").count("Xen") > 0
+
+
+@pytest.fixture(scope="module")
+def xen_host2(control: Service, xen_host: hosts.LabHost) -> Iterator[hosts.LabHost]:
+    for h in _host_up("xen", "xen2"):
+        control.host_add(h.name, h.url, hosts.secret(h))
+        yield h
+
+
+def test_pv_domain_moves_between_two_xen_hosts(control: Service, xen_host: hosts.LabHost,
+                                               xen_host2: hosts.LabHost) -> None:
+    """Cold move xen1 -> xen2 through the control plane: save, copy, restore."""
+    marker = f"vpsmark-{time.monotonic_ns()}"
+    view = control.create(CreateRequest(name="labmv", type="xen", image="tiny",
+                                        plan=Plan(memory_mb=96, disk_mb=64), start=True,
+                                        options={"mode": "pv"}, host=xen_host.name))
+    try:
+        guest_sh(control, "labmv", f"echo {marker} > /data/marker; sync")
+        t0 = time.monotonic()
+        moved = control.migrate("labmv", to=xen_host2.name)
+        took = time.monotonic() - t0
+        assert moved["host"] == xen_host2.name and moved["ip"] == view["ip"]
+        assert moved["state"] == "running"
+        res = lab_sh(xen_host2, f"xl list labmv && ping -c 2 -W 3 {view['ip']}")
+        assert res.returncode == 0, res.stdout + res.stderr
+        disk = "/var/lib/vpshost/guests/labmv/disk.raw"
+        assert lab_sh(xen_host2, f"grep -a -c {marker} {disk}").stdout.strip() != "0"
+        assert "labmv" not in lab_sh(xen_host, "xl list").stdout
+        print(f"PV domain moved xen1 -> xen2 in {took:.1f}s ({moved['migration']})")
+    finally:
+        control.delete("labmv", force=True)

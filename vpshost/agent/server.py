@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +81,8 @@ def create_agent_app(cfg: Config, secret: str) -> FastAPI:
         path = guest_file(name, filename)
         if not path.is_file():
             raise NotFound(f"guest {name} has no file {filename} here")
-        return StreamingResponse(_chunks(path), media_type="application/octet-stream",
-                                 headers={"Content-Length": str(path.stat().st_size)})
+        return StreamingResponse(protocol.compressed_chunks(path),
+                                 media_type="application/octet-stream")
 
     @app.put(protocol.API + "/files/{name}/{filename}")
     async def put_file(request: Request, name: str, filename: str) -> dict[str, Any]:
@@ -91,11 +90,12 @@ def create_agent_app(cfg: Config, secret: str) -> FastAPI:
         path = guest_file(name, filename)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
-        size = 0
-        with open(tmp, "wb") as f:
+        writer = protocol.SparseWriter(tmp)
+        try:
             async for chunk in request.stream():
-                f.write(chunk)
-                size += len(chunk)
+                writer.feed(chunk)
+        finally:
+            size = writer.close()
         tmp.rename(path)
         return {"bytes": size}
 
@@ -124,12 +124,6 @@ def create_agent_app(cfg: Config, secret: str) -> FastAPI:
         return {"result": protocol.to_json(result)}
 
     return app
-
-
-def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
 
 
 def run_agent(listen: str, secret_file: Path | None) -> None:

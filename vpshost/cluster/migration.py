@@ -14,6 +14,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from vpshost.agent import protocol
 from vpshost.drivers.base import Driver, Power, Progress
 from vpshost.errors import UsageError, VpsError
 from vpshost.models import Guest
@@ -21,14 +22,10 @@ from vpshost.models import Guest
 if TYPE_CHECKING:
     from vpshost.service.core import Service
 
-CHUNK = 1 << 20
-
-
 def _read(svc: Service, host: str, guest: Guest, filename: str) -> Iterator[bytes]:
+    """The file as it travels: zlib-compressed (agents send it so; see protocol)."""
     if host == svc.host:
-        with open(guest.dir / filename, "rb") as f:
-            while chunk := f.read(CHUNK):
-                yield chunk
+        yield from protocol.compressed_chunks(guest.dir / filename)
     else:
         yield from svc.agent(host).read_file(guest.name, filename)
 
@@ -38,9 +35,7 @@ def _write(svc: Service, host: str, guest: Guest, filename: str,
     if host == svc.host:
         guest.dir.mkdir(parents=True, exist_ok=True)
         tmp = guest.dir / (filename + ".partial")
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+        protocol.write_sparse(tmp, chunks)
         tmp.rename(guest.dir / filename)
     else:
         svc.agent(host).write_file(guest.name, filename, chunks)
