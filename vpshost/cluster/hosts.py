@@ -18,7 +18,7 @@ from vpshost.models import Plan, check_name
 from vpshost.store.schema import Host, Instance, utcnow
 
 if TYPE_CHECKING:
-    from vpshost.service.core import Service
+    from vpshost.service.base import ServiceBase as Service
 
 
 def _committed(svc: Service, kind: str | None = None) -> dict[str, dict[str, int]]:

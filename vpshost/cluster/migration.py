@@ -20,7 +20,7 @@ from vpshost.errors import UsageError, VpsError
 from vpshost.models import Guest
 
 if TYPE_CHECKING:
-    from vpshost.service.core import Service
+    from vpshost.service.base import ServiceBase as Service
 
 def _read(svc: Service, host: str, guest: Guest, filename: str) -> Iterator[bytes]:
     """The file as it travels: zlib-compressed (agents send it so; see protocol)."""
