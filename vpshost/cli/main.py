@@ -598,12 +598,22 @@ def bench_migration(runs: Annotated[int, typer.Option("-n", help="Runs per size.
     from vpshost.config import load
 
     result = run(load(), runs=runs, progress=progress_printer())
-    if as_json:
-        from vpshost.cli.output import emit_json
-
-        emit_json(result)
-    else:
+    if not printed_json(result, as_json):
         typer.echo(render(result))
+
+
+@bench_app.command("vm")
+def bench_vm(runs: Annotated[int, typer.Option("-n", help="Boots per side.")] = 3,
+             as_json: Json = False) -> None:
+    """Boot a tiny VM through vpshost and with the raw qemu command line; ratio and
+    QEMU's memory overhead (the accelerator is in the output)."""
+    from vpshost.config import load
+    from vpshost.drivers.qemu.bench import bench_vm as run
+
+    result = run(load(), runs=runs, progress=progress_printer())
+    if not printed_json(result, as_json):
+        for key, value in result.items():
+            typer.echo(f"{key:<28} {value}")
 
 
 def main() -> None:
