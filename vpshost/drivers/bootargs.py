@@ -25,3 +25,17 @@ def kernel_args(guest: Guest, image_append: str) -> str:
     if extra:
         args.append(extra)
     return " ".join(a for a in args if a)
+
+
+# The other half: the shell loop the images' init scripts use to read those words into
+# IP, GW, IP6, GW6 and HN (one copy, spliced into every script that needs it).
+PARSE_VPS_ARGS = r"""for w in $(cat /proc/cmdline); do
+  case "$w" in
+    vps.ip=*) IP=${w#vps.ip=} ;;
+    vps.gw=*) GW=${w#vps.gw=} ;;
+    vps.ip6=*) IP6=${w#vps.ip6=} ;;
+    vps.gw6=*) GW6=${w#vps.gw6=} ;;
+    vps.hostname=*) HN=${w#vps.hostname=} ;;
+  esac
+done
+"""

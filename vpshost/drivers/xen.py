@@ -28,7 +28,7 @@ from vpshost import runner
 from vpshost.config import Config
 from vpshost.drivers import xencfg
 from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_progress
-from vpshost.drivers.bootargs import kernel_args
+from vpshost.drivers.bootargs import PARSE_VPS_ARGS, kernel_args
 from vpshost.errors import (
     CommandError,
     Conflict,
@@ -65,16 +65,7 @@ mount -t devpts devpts /dev/pts
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
 mdev -s
 IP=; GW=; HN=vps; IP6=; GW6=
-for w in $(cat /proc/cmdline); do
-  case "$w" in
-    vps.ip=*) IP=${w#vps.ip=} ;;
-    vps.gw=*) GW=${w#vps.gw=} ;;
-    vps.ip6=*) IP6=${w#vps.ip6=} ;;
-    vps.gw6=*) GW6=${w#vps.gw6=} ;;
-    vps.hostname=*) HN=${w#vps.hostname=} ;;
-  esac
-done
-hostname "$HN"
+""" + PARSE_VPS_ARGS + r"""hostname "$HN"
 ip link set lo up
 i=0; while [ $i -lt 50 ] && ! ip link show eth0 >/dev/null 2>&1; do sleep 0.1; i=$((i+1)); done
 if ip link show eth0 >/dev/null 2>&1; then

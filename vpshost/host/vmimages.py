@@ -34,6 +34,7 @@ from typing import Any
 
 from vpshost import runner
 from vpshost.config import Config
+from vpshost.drivers.bootargs import PARSE_VPS_ARGS
 from vpshost.errors import CommandError, NotFound, RuntimeFailure, UsageError
 
 Progress = Callable[[str], None]
@@ -303,16 +304,7 @@ mount -t devpts devpts /dev/pts
 for m in $(cat /lib/modules/order); do insmod /lib/modules/$m 2>/dev/null; done
 mdev -s
 IP=; GW=; HN=vps; IP6=; GW6=
-for w in $(cat /proc/cmdline); do
-  case "$w" in
-    vps.ip=*) IP=${w#vps.ip=} ;;
-    vps.gw=*) GW=${w#vps.gw=} ;;
-    vps.ip6=*) IP6=${w#vps.ip6=} ;;
-    vps.gw6=*) GW6=${w#vps.gw6=} ;;
-    vps.hostname=*) HN=${w#vps.hostname=} ;;
-  esac
-done
-hostname "$HN"
+""" + PARSE_VPS_ARGS + r"""hostname "$HN"
 ip link set lo up
 if ip link show eth0 >/dev/null 2>&1; then
   ip link set eth0 up
@@ -443,16 +435,7 @@ DEBIAN_PACKAGES = ["linux-image-amd64", "initramfs-tools", "systemd-sysv", "udev
 DEBIAN_NET_SCRIPT = r"""#!/bin/sh
 # vpshost: configure eth0 and the hostname from vps.* kernel arguments.
 IP=; GW=; HN=; IP6=; GW6=
-for w in $(cat /proc/cmdline); do
-  case "$w" in
-    vps.ip=*) IP=${w#vps.ip=} ;;
-    vps.gw=*) GW=${w#vps.gw=} ;;
-    vps.ip6=*) IP6=${w#vps.ip6=} ;;
-    vps.gw6=*) GW6=${w#vps.gw6=} ;;
-    vps.hostname=*) HN=${w#vps.hostname=} ;;
-  esac
-done
-[ -n "$HN" ] && hostname "$HN" && echo "$HN" > /etc/hostname
+""" + PARSE_VPS_ARGS + r"""[ -n "$HN" ] && hostname "$HN" && echo "$HN" > /etc/hostname
 DEV=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
 [ -z "$DEV" ] && exit 0
 ip link set "$DEV" up
