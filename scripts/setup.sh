@@ -53,9 +53,15 @@ fi
 # No systemd on every host: start lxcfs ourselves when it is not serving yet.
 if [ ! -e /var/lib/lxcfs/proc/meminfo ]; then
   step "starting lxcfs"
+  # a killed lxcfs leaves a dead FUSE mount ("Transport endpoint is not connected")
+  if mountpoint -q /var/lib/lxcfs 2>/dev/null || ! stat /var/lib/lxcfs >/dev/null 2>&1; then
+    umount -l /var/lib/lxcfs 2>/dev/null || true
+  fi
   mkdir -p /var/lib/lxcfs
   setsid lxcfs /var/lib/lxcfs >/var/log/lxcfs.log 2>&1 < /dev/null &
   for _ in $(seq 50); do [ -e /var/lib/lxcfs/proc/meminfo ] && break; sleep 0.1; done
+  [ -e /var/lib/lxcfs/proc/meminfo ] ||
+    echo "warning: lxcfs did not start (see /var/log/lxcfs.log); /proc in containers shows the host" >&2
 fi
 step "starting PostgreSQL"
 bash scripts/postgres.sh

@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_progress
 from vpshost.errors import CommandError, RuntimeFailure, UsageError
-from vpshost.host import cgroups, images
+from vpshost.host import cgroups, images, lxcfs
 from vpshost.models import Guest, Plan
 from vpshost.runner import run
 
@@ -28,22 +26,6 @@ EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FS_OVERHEAD_MB = 24
 # lxc-start tries when it loses a race for a loop device to a concurrent start
 LOOP_RACE_ATTEMPTS = 5
-
-
-def ensure_lxcfs(mountpoint: Path) -> None:
-    """Start lxcfs when it is not serving ``mountpoint`` (no systemd here to do it)."""
-    if (mountpoint / "proc" / "meminfo").exists() or not shutil.which("lxcfs"):
-        return
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    subprocess.Popen(["lxcfs", str(mountpoint)], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True)
-    for _ in range(50):
-        if (mountpoint / "proc" / "meminfo").exists():
-            return
-        time.sleep(0.1)
-    raise RuntimeFailure(f"lxcfs did not come up on {mountpoint}",
-                         "run `lxcfs /var/lib/lxcfs` by hand to see why")
 
 
 class ContainerDriver(Driver):
@@ -115,7 +97,7 @@ class ContainerDriver(Driver):
             if line not in text.split():
                 path.write_text(text + ("" if text.endswith("\n") or not text else "\n")
                                 + line + "\n")
-        ensure_lxcfs(Path(c.lxcfs_dir))
+        lxcfs.ensure(Path(c.lxcfs_dir))
         self._ensure_traversable()
 
     def _ensure_traversable(self) -> None:
@@ -138,10 +120,10 @@ class ContainerDriver(Driver):
         if not shutil.which("lxc-start"):
             return Probe(False, "LXC is not installed (apt-get install lxc)")
         version = run(["lxc-start", "--version"]).stdout.strip()
-        lxcfs = Path(self.config.container.lxcfs_dir, "proc/meminfo").exists()
-        detail = f"LXC {version}" + ("" if lxcfs else "; lxcfs not running: "
+        lxcfs_up = lxcfs.serving(Path(self.config.container.lxcfs_dir))
+        detail = f"LXC {version}" + ("" if lxcfs_up else "; lxcfs not running: "
                                      "/proc inside shows the host's memory and CPUs")
-        return Probe(True, detail, {"lxc_version": version, "lxcfs": lxcfs})
+        return Probe(True, detail, {"lxc_version": version, "lxcfs": lxcfs_up})
 
     def create(self, guest: Guest, progress: Progress = no_progress) -> None:
         shift = self._shift(guest)

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from vpshost.config import Config
-from vpshost.host import cgroups
+from vpshost.host import cgroups, lxcfs
 from vpshost.runner import run
 
 
@@ -65,7 +65,7 @@ def is_xen_dom0() -> bool:
 def info(cfg: Config) -> dict[str, Any]:
     kvm, kvm_detail = kvm_usable()
     state = cfg.state_dir if cfg.state_dir.exists() else cfg.state_dir.parent
-    lxcfs = Path(cfg.container.lxcfs_dir, "proc/meminfo").exists()
+    lxcfs_up = lxcfs.serving(Path(cfg.container.lxcfs_dir))
     return {
         "kernel": platform.release(),
         "cores": os.cpu_count() or 1,
@@ -73,7 +73,7 @@ def info(cfg: Config) -> dict[str, Any]:
         "cgroup": str(cgroups.layout()),
         "swap_accounting": cgroups.swap_accounting(),
         "lxc_version": _version(["lxc-start", "--version"], r"(\d+\.\d+(?:\.\d+)?)"),
-        "lxcfs": lxcfs,
+        "lxcfs": lxcfs_up,
         "qemu_version": _version(["qemu-system-x86_64", "--version"], r"version (\S+)"),
         "kvm": "native" if kvm else "tcg-only",
         "kvm_detail": kvm_detail,
