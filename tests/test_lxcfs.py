@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,8 +26,8 @@ def _lxcfs_pid(mountpoint: Path) -> int:
 
 
 def test_dead_lxcfs_mount_is_replaced(tmp_path: Path) -> None:
-    mp = tmp_path / "lxcfs"
-    lxcfs.ensure(mp)
+    mp, pidfile = tmp_path / "lxcfs", tmp_path / "lxcfs.pid"
+    lxcfs.ensure(mp, pidfile)
     try:
         assert "MemTotal" in (mp / "proc" / "meminfo").read_text()
         os.kill(_lxcfs_pid(mp), signal.SIGKILL)
@@ -37,11 +38,9 @@ def test_dead_lxcfs_mount_is_replaced(tmp_path: Path) -> None:
         assert not lxcfs.serving(mp)
         # the dead mount stays: "Transport endpoint is not connected"
         assert str(mp) in Path("/proc/mounts").read_text()
-        lxcfs.ensure(mp)
+        lxcfs.ensure(mp, pidfile)
         assert "MemTotal" in (mp / "proc" / "meminfo").read_text()
     finally:
-        try:
+        with contextlib.suppress(AssertionError):
             os.kill(_lxcfs_pid(mp), signal.SIGTERM)
-        except AssertionError:
-            pass
         subprocess.run(["umount", "-l", str(mp)], check=False, capture_output=True)

@@ -19,8 +19,11 @@ def serving(mountpoint: Path) -> bool:
         return False
 
 
-def ensure(mountpoint: Path) -> None:
-    """Start lxcfs when it is not serving ``mountpoint`` (no systemd here to do it)."""
+def ensure(mountpoint: Path, pidfile: Path | None = None) -> None:
+    """Start lxcfs when it is not serving ``mountpoint`` (no systemd here to do it).
+
+    lxcfs refuses to start while another one holds its pid file (/run/lxcfs.pid by
+    default): a second instance, such as a test's, needs a ``pidfile`` of its own."""
     if not shutil.which("lxcfs") or serving(mountpoint):
         return
     try:
@@ -33,7 +36,8 @@ def ensure(mountpoint: Path) -> None:
         elif exc.errno != errno.ENOENT:
             raise
     mountpoint.mkdir(parents=True, exist_ok=True)
-    subprocess.Popen(["lxcfs", str(mountpoint)], stdin=subprocess.DEVNULL,
+    pid_args = ["--pidfile", str(pidfile)] if pidfile else []
+    subprocess.Popen(["lxcfs", *pid_args, str(mountpoint)], stdin=subprocess.DEVNULL,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)
     for _ in range(50):
