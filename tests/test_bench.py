@@ -132,3 +132,27 @@ def test_bench_runs_end_to_end_and_reports_every_section(tmp_path: Path) -> None
     rec = json.loads(adv.stdout)
     assert rec["type"] == "container" and any("MiB of host memory" in x
                                               for x in rec["reasons"])
+
+
+def _lab_side(label: str, cpu: float) -> dict[str, Any]:
+    return {"label": label, "host": "h", "native": {"cpu_s": 1.0, "mem_s": 0.5},
+            "guest": {"cpu_s": cpu, "mem_s": 0.6}, "ratio": {"cpu": round(1 / cpu, 3),
+                                                              "mem": 0.833},
+            "startup_s": [17.0, 18.5],
+            "scaling": [{"guests": 1, "ran": 1, "failed": 0, "mib_per_s": 8.0},
+                        {"guests": 2, "ran": 1, "failed": 1, "mib_per_s": 7.0}]}
+
+
+def test_lab_comparison_report_and_plot(tmp_path: Path) -> None:
+    """The KVM-against-Xen section renders every figure and failure it is given."""
+    from vpshost.bench import labcompare
+
+    r = {"sizes": {"counts": [1, 2]}, "nesting": "both nested",
+         "xen": _lab_side("Xen PV", 1.25), "kvm": _lab_side("KVM vm", 2.0)}
+    md = "\n".join(labcompare.markdown(r))
+    assert "| CPU job (md5sum), ratio to lab host | 0.8 | 0.5 |" in md
+    assert "17.0, 18.5" in md and "(1 failed)" in md
+    labcompare.write(r, tmp_path)
+    assert json.loads((tmp_path / "lab.json").read_text())["xen"]["ratio"]["cpu"] == 0.8
+    assert (tmp_path / "lab.png").read_bytes()[:4] == b"\x89PNG"
+    assert "lab.png" in (tmp_path / "lab.md").read_text()

@@ -134,6 +134,12 @@ def markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
     L += _table(["type", "runs", "median s", "min s", "max s"], rows)
     if "startup" in plots:
         L += [f"![start-up]({plots['startup']})", ""]
+    if "lab" in r:
+        from vpshost.bench import labcompare
+
+        L += labcompare.markdown(r["lab"])
+        if "lab" in plots:
+            L += [f"![kvm against xen]({plots['lab']})", ""]
     return "\n".join(L)
 
 
@@ -143,4 +149,9 @@ def write_all(r: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(r, indent=1, default=str) + "\n")
     plots = make_plots(r, out)
+    if "lab" in r:
+        from vpshost.bench import labcompare
+
+        labcompare.plot(r["lab"], out / "lab.png")
+        plots["lab"] = "lab.png"
     (out / "report.md").write_text(markdown(r, plots) + "\n")
