@@ -616,6 +616,26 @@ def bench_vm(runs: Annotated[int, typer.Option("-n", help="Boots per side.")] = 
             typer.echo(f"{key:<28} {value}")
 
 
+@bench_app.command("lab")
+def bench_lab(boot: Annotated[bool, typer.Option(
+                  help="Boot the Xen and KVM lab hosts that are not up (and stop them after).")
+              ] = False,
+              out: Annotated[str, typer.Option(help="Directory for lab.json, lab.md, lab.png.")
+                             ] = "",
+              as_json: Json = False) -> None:
+    """KVM against Xen at the same nesting level: a PV domain and a KVM vm from the same
+    image on the two lab hosts, each against its own lab host."""
+    from pathlib import Path
+
+    from vpshost.bench import labcompare
+
+    result = labcompare.run(progress=progress_printer(), boot=boot)
+    if out:
+        labcompare.write(result, Path(out))
+    if not printed_json(result, as_json):
+        typer.echo("\n".join(labcompare.markdown(result)))
+
+
 def main() -> None:
     try:
         app()
