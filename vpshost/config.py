@@ -4,7 +4,8 @@ The file is ``$VPS_CONFIG`` or ``/etc/vpshost/config.toml``; sections mirror the
 dataclasses below (``[network] subnet = "10.88.0.0/16"``). Environment overrides:
 
   VPS_STATE_DIR, VPS_CACHE_DIR, VPS_DB_URL, VPS_SUBNET, VPS_SUBNET6, VPS_BRIDGE_PREFIX,
-  VPS_NAT_PREFIX, VPS_SERVER, VPS_TOKEN, VPS_RECLAIM_THRESHOLD_MB
+  VPS_NAT_PREFIX, VPS_SERVER, VPS_TOKEN, VPS_RECLAIM_THRESHOLD_MB, VPS_AGENT_TLS_DIR,
+  VPS_PKI_DIR
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ class ClusterConfig:
 
 
 @dataclass
+class AgentConfig:
+    """Mutual TLS between the control plane and its agents (vpshost/agent/pki.py)."""
+
+    # On a host: serve HTTPS from this directory (agent.crt, agent.key, ca.crt, as
+    # `vps pki issue` writes it) and require a client certificate from that CA.
+    # Empty: plain HTTP with the shared secret only.
+    tls_dir: str = ""
+    # On the control plane: the cluster CA and its client certificate; empty means
+    # <state_dir>/pki.
+    pki_dir: str = ""
+    # Once the control plane has a cluster CA, `vps host add` refuses http:// agents
+    # unless this is true.
+    allow_http: bool = False
+
+
+@dataclass
 class Ratios:
     """How far one guest type may oversell a host: committed / physical."""
 
@@ -103,6 +120,7 @@ class Config:
     overcommit: OvercommitConfig = field(default_factory=OvercommitConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
     @property
     def database_url(self) -> str:
@@ -116,6 +134,10 @@ class Config:
     def images_dir(self) -> Path:
         return self.cache_dir / "images"
 
+    @property
+    def pki_dir(self) -> Path:
+        return Path(self.agent.pki_dir) if self.agent.pki_dir else self.state_dir / "pki"
+
 
 _ENV: dict[str, tuple[str, ...]] = {
     "VPS_STATE_DIR": ("state_dir",),
@@ -128,6 +150,8 @@ _ENV: dict[str, tuple[str, ...]] = {
     "VPS_SERVER": ("server", "url"),
     "VPS_TOKEN": ("server", "token"),
     "VPS_RECLAIM_THRESHOLD_MB": ("reclaim", "free_threshold_mb"),
+    "VPS_AGENT_TLS_DIR": ("agent", "tls_dir"),
+    "VPS_PKI_DIR": ("agent", "pki_dir"),
 }
 
 

@@ -1,37 +1,115 @@
-"""``RemoteDriver``: the Driver interface, performed by another host's agent."""
+"""``RemoteDriver``: the Driver interface, performed by another host's agent.
+
+An https:// agent is dialled with mutual TLS: its certificate must chain to the cluster
+CA (and name the URL's address), and the control plane presents its client certificate
+(both from ``<state_dir>/pki``, `vps pki init`). The secret still goes along.
+"""
 
 from __future__ import annotations
 
+import socket
+import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 
 from vpshost.agent import protocol
 from vpshost.config import Config
 from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_progress
-from vpshost.errors import RuntimeFailure
+from vpshost.errors import RuntimeFailure, VpsError
 from vpshost.models import Guest, Plan
 
 LONG = 1800.0  # image builds and disk copies can take minutes
 
 
 class AgentClient:
-    def __init__(self, host: str, url: str, secret: str) -> None:
+    def __init__(self, host: str, url: str, secret: str,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.url = url.rstrip("/")
         self.secret = secret
+        self._tls = tls
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx checks the agent with: the cluster CA and our client certificate
+        for https://, loaded on first use (plain http:// never needs them)."""
+        if not self.url.startswith("https://"):
+            return True
+        if self._tls is None:
+            from vpshost.agent import pki
+            from vpshost.config import load
+
+            self._tls = pki.client_context(load().pki_dir)
+        return self._tls
+
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.HTTPError as exc:
+            raise self.explain(exc) from None
+
+    def explain(self, exc: httpx.HTTPError) -> VpsError:
+        """A transport failure as what went wrong and what to do (TLS failures first)."""
+        text = _chain_text(exc)
+        where = f"host {self.host}: agent at {self.url}"
+        if "CERTIFICATE_VERIFY_FAILED" in text and "mismatch" in text:
+            addr = urlparse(self.url).hostname or ""
+            flag = "--ip" if _is_ip(addr) else "--dns"
+            return RuntimeFailure(
+                f"{where}: its certificate does not name {addr}",
+                f"issue it for that address (`vps pki issue {self.host} {flag} {addr} --out "
+                "DIR`) and restart the agent with --tls-dir DIR, or use an address the "
+                "certificate names")
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            reason = text.split("certificate verify failed:")[-1].split("(")[0].strip()
+            return RuntimeFailure(
+                f"{where}: its certificate is not trusted ({reason})",
+                "the agent must serve a certificate issued by this control plane's cluster CA "
+                f"and still valid: `vps pki issue {self.host} --ip ADDR --out DIR` here, copy "
+                "DIR to the host and restart `vps agent --tls-dir DIR`")
+        if any(s in text for s in ("WRONG_VERSION_NUMBER", "record layer failure",
+                                   "packet length too long", "HTTP_REQUEST")):
+            return RuntimeFailure(
+                f"{where} does not speak TLS (it serves plain HTTP)",
+                f"start the agent with --tls-dir DIR (`vps pki issue {self.host}`), or "
+                "register it with an http:// URL")
+        if "alert" in text and any(s in text for s in (
+                "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "certificate required",
+                "bad certificate", "unknown ca", "UNSUPPORTED_CERTIFICATE")):
+            return RuntimeFailure(
+                f"{where} refused this control plane's client certificate (missing, expired, "
+                "or from another cluster CA)",
+                "issue the agent's certificate from this control plane's CA (`vps pki issue`) "
+                "and check `vps pki init` has made the client certificate")
+        if self.url.startswith("https://") and ("UNEXPECTED_EOF" in text or isinstance(
+                exc, httpx.RemoteProtocolError | httpx.ReadError)):
+            # the agent's certificate passed (else CERTIFICATE_VERIFY_FAILED above), and
+            # an agent that rejects the client certificate just closes the connection
+            return RuntimeFailure(
+                f"{where} closed the connection without answering after the TLS handshake: "
+                "it refuses this control plane's client certificate (not from its cluster CA, "
+                "or expired), or it failed",
+                "issue the agent's certificate from this control plane's CA "
+                f"(`vps pki issue {self.host}`; `vps pki init` renews the client certificate); "
+                "if it still fails, look at the agent's output")
+        if self.url.startswith("http://") and _speaks_tls(self.url):
+            return RuntimeFailure(
+                f"{where}: the agent serves HTTPS (mutual TLS), not plain HTTP",
+                f"use https://{self.url.removeprefix('http://')}")
+        return RuntimeFailure(f"{where} is not reachable ({exc.__class__.__name__}: {exc})",
+                              "check that `vps agent` runs there; `vps host list`")
 
     def request(self, verb: str, path: str, body: dict[str, Any] | None = None,
                 timeout: float = LONG) -> Any:
-        try:
+        with self._reaching():
             r = httpx.request(verb, self.url + protocol.API + path, json=body,
-                              headers={"Authorization": f"Bearer {self.secret}"},
+                              headers=self._headers(), verify=self.verify,
                               timeout=httpx.Timeout(timeout, connect=5.0))
-        except httpx.HTTPError as exc:
-            raise RuntimeFailure(f"host {self.host}: agent at {self.url} is not reachable "
-                                 f"({exc.__class__.__name__}: {exc})",
-                                 "check that `vps agent` runs there; `vps host list`") from None
         if r.status_code >= 400:
             try:
                 payload = r.json()
@@ -45,8 +123,9 @@ class AgentClient:
 
     def read_file(self, guest: str, filename: str) -> Iterator[bytes]:
         url = f"{self.url}{protocol.API}/files/{guest}/{filename}"
-        with httpx.stream("GET", url, headers=self._headers(),
-                          timeout=httpx.Timeout(LONG, connect=5.0)) as r:
+        with self._reaching(), httpx.stream("GET", url, headers=self._headers(),
+                                            verify=self.verify,
+                                            timeout=httpx.Timeout(LONG, connect=5.0)) as r:
             if r.status_code >= 400:
                 r.read()
                 raise protocol.error_from_json(r.json(), self.host)
@@ -54,8 +133,9 @@ class AgentClient:
 
     def write_file(self, guest: str, filename: str, chunks: Iterator[bytes]) -> None:
         url = f"{self.url}{protocol.API}/files/{guest}/{filename}"
-        r = httpx.put(url, content=chunks, headers=self._headers(),
-                      timeout=httpx.Timeout(LONG, connect=5.0))
+        with self._reaching():
+            r = httpx.put(url, content=chunks, headers=self._headers(), verify=self.verify,
+                          timeout=httpx.Timeout(LONG, connect=5.0))
         if r.status_code >= 400:
             raise protocol.error_from_json(r.json(), self.host)
 
@@ -67,6 +147,47 @@ class AgentClient:
         body = {"type": kind, "method": method, "args": protocol.to_json(args),
                 "guest": protocol.guest_to_json(guest) if guest else None}
         return self.request("POST", "/call", body)["result"]
+
+
+def _chain_text(exc: BaseException) -> str:
+    """httpx wraps the ssl error two levels down; its reason code is what tells."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 8:
+        parts.append(f"{seen.__class__.__name__}: {seen}")
+        if isinstance(seen, ssl.SSLError) and seen.reason:
+            parts.append(str(seen.reason))
+        seen = seen.__cause__ or seen.__context__
+    return " | ".join(parts)
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _speaks_tls(url: str) -> bool:
+    """Whether the server at an http:// URL answers a TLS ClientHello like a TLS server
+    (so the URL's scheme is what is wrong)."""
+    u = urlparse(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only the protocol counts
+    try:
+        with socket.create_connection((u.hostname or "", u.port or 80), timeout=3) as raw, \
+                ctx.wrap_socket(raw) as tls:
+            tls.version()
+        return True
+    except ssl.SSLError as exc:
+        # an alert (e.g. "certificate required") is TLS; an HTTP reply is not
+        return exc.reason not in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE",
+                                  "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST")
+    except OSError:
+        return False
 
 
 class RemoteDriver(Driver):

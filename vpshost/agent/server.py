@@ -1,14 +1,19 @@
 """`vps agent`: perform driver operations on this host for the control plane.
 
 Authenticated with a shared secret per host (``Authorization: Bearer <secret>``),
-compared in constant time. The agent keeps no state: its drivers derive everything
-from the guest the control plane sends, placed under the agent's own state dir.
+compared in constant time, and, with a TLS directory (``--tls-dir`` or ``[agent]
+tls_dir``), by mutual TLS: HTTPS with a client certificate from the cluster CA required
+at the handshake, the secret then being a second factor. The agent keeps no state: its
+drivers derive everything from the guest the control plane sends, placed under the
+agent's own state dir.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import ssl
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +131,10 @@ def create_agent_app(cfg: Config, secret: str) -> FastAPI:
     return app
 
 
-def run_agent(listen: str, secret_file: Path | None) -> None:
+def run_agent(listen: str, secret_file: Path | None, tls_dir: Path | None = None) -> None:
     import uvicorn
 
+    from vpshost.agent import pki
     from vpshost.api.server import parse_listen
 
     cfg = load()
@@ -141,6 +147,24 @@ def run_agent(listen: str, secret_file: Path | None) -> None:
     if len(secret) < 16:
         raise UsageError("the agent secret is shorter than 16 characters", "use a longer one")
     host, port = parse_listen(listen)
-    print(f"vpshost agent on http://{host}:{port}{protocol.API} (state {cfg.state_dir})",
-          flush=True)
-    uvicorn.run(create_agent_app(cfg, secret), host=host, port=port, log_level="warning")
+    tls = tls_dir or (Path(cfg.agent.tls_dir) if cfg.agent.tls_dir else None)
+    ssl_options: dict[str, Any] = {}
+    if tls is not None:
+        files = pki.server_files(tls)
+        for warning in files.warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        # CERT_REQUIRED: a connection without a certificate from the cluster CA ends at
+        # the handshake, before any request reaches the app
+        ssl_options = {"ssl_certfile": str(files.certfile), "ssl_keyfile": str(files.keyfile),
+                       "ssl_ca_certs": str(files.cafile), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    else:
+        print("warning: no TLS: the agent serves plain HTTP, so its secret and guest data "
+              "cross the network in clear and any host that learns the secret can drive it; "
+              "set up mutual TLS (`vps pki issue`, then --tls-dir; docs/cluster.md)",
+              file=sys.stderr, flush=True)
+    scheme = "https" if tls else "http"
+    mode = " (mutual TLS)" if tls else ""
+    print(f"vpshost agent on {scheme}://{host}:{port}{protocol.API}{mode} "
+          f"(state {cfg.state_dir})", flush=True)
+    uvicorn.run(create_agent_app(cfg, secret), host=host, port=port, log_level="warning",
+                **ssl_options)

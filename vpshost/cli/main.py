@@ -411,7 +411,8 @@ def host_reclaim(watch: Annotated[bool, typer.Option(help="Keep running passes."
 
 
 @host_app.command("add")
-def host_add(name: str, url: Annotated[str, typer.Option(help="The agent, http://ADDR:PORT")],
+def host_add(name: str, url: Annotated[str, typer.Option(
+                 help="The agent: https://ADDR:PORT (mutual TLS) or http://ADDR:PORT")],
              secret: Annotated[str | None, typer.Option(help="The agent's shared secret.")] = None,
              secret_file: Annotated[str | None, typer.Option()] = None,
              as_json: Json = False) -> None:
@@ -504,13 +505,58 @@ def migrate(name: Name,
 @app.command()
 def agent(listen: Annotated[str, typer.Option(help="HOST:PORT")] = "0.0.0.0:8421",
           secret_file: Annotated[str | None, typer.Option(
-              help="Default: <state_dir>/agent.secret")] = None) -> None:
+              help="Default: <state_dir>/agent.secret")] = None,
+          tls_dir: Annotated[str | None, typer.Option(
+              help="Serve mutual TLS from this directory (agent.crt, agent.key, ca.crt from "
+                   "`vps pki issue`). Default: [agent] tls_dir; none: plain HTTP.")] = None
+          ) -> None:
     """Run this host's agent for a control plane."""
     from pathlib import Path
 
     from vpshost.agent.server import run_agent
 
-    run_agent(listen, Path(secret_file) if secret_file else None)
+    run_agent(listen, Path(secret_file) if secret_file else None,
+              Path(tls_dir) if tls_dir else None)
+
+
+pki_app = typer.Typer(no_args_is_help=True,
+                      help="The cluster CA: mutual TLS between the control plane and agents.")
+app.add_typer(pki_app, name="pki")
+
+
+@pki_app.command("init")
+def pki_init() -> None:
+    """Make the cluster CA and the control plane's client certificate (in <state_dir>/pki);
+    again later, it renews the client certificate when it is close to expiry."""
+    from vpshost.agent import pki
+    from vpshost.config import load
+
+    cfg = load()
+    done = pki.init(cfg.pki_dir)
+    for line in done or [f"{cfg.pki_dir}: CA and client certificate already in place"]:
+        typer.echo(line)
+
+
+@pki_app.command("issue")
+def pki_issue(name: Annotated[str, typer.Argument(help="The host's name.")],
+              out: Annotated[str, typer.Option(help="Directory for agent.crt, agent.key "
+                                                    "and ca.crt.")],
+              ip: Annotated[list[str] | None, typer.Option(
+                  help="An address in the agent's URL (repeat).")] = None,
+              dns: Annotated[list[str] | None, typer.Option(
+                  help="A DNS name in the agent's URL (repeat).")] = None,
+              days: Annotated[int, typer.Option(help="Validity.")] = 730) -> None:
+    """Issue an agent's certificate from the cluster CA."""
+    from pathlib import Path
+
+    from vpshost.agent import pki
+    from vpshost.config import load
+
+    cert = pki.issue_host(load().pki_dir, name, ip or [], dns or [], Path(out), days)
+    typer.echo(f"{out}: certificate for {name} ({', '.join(pki.san_of(cert))}), valid until "
+               f"{cert.not_valid_after_utc:%Y-%m-%d}")
+    typer.echo(f"copy {out} to the host (keep agent.key mode 0600) and run "
+               f"`vps agent --tls-dir DIR`")
 
 
 @app.command()

@@ -106,7 +106,15 @@ def add(svc: Service, name: str, url: str, secret: str) -> dict[str, Any]:
         raise UsageError(f"'{name}' is the control plane's own host", "pick another name")
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"host url '{url}' is not an http(s) URL",
-                         "for example http://10.0.0.2:8421")
+                         "for example https://10.0.0.2:8421")
+    ca = svc.config.pki_dir / "ca.crt"
+    if url.startswith("http://") and ca.exists() and not svc.config.agent.allow_http:
+        # secure by default once the cluster has a CA: no silent plain-HTTP host
+        raise UsageError(f"this control plane has a cluster CA ({ca}), so it registers "
+                         f"agents over mutual TLS, and {url} is plain HTTP",
+                         f"`vps pki issue {name} --ip ADDR --out DIR`, start the agent with "
+                         "--tls-dir DIR and add it as https://...; or set [agent] allow_http "
+                         "= true to register plain-HTTP agents")
     info = AgentClient(name, url, secret).info()  # proves the URL and the secret
     with svc.db.session() as s:
         if s.scalar(select(Host.id).where(Host.name == name)):
