@@ -17,6 +17,7 @@ METHODS = frozenset({
     "set_limits", "pause", "resume", "snapshot", "restore", "delete_snapshot",
     "migration_files", "migrate_prepare", "migrate_send", "migrate_finish", "migrate_abort",
     "migrate_cleanup_source", "host_link",
+    "migrate_check", "migrate_progress", "migrate_revert",
 })
 API = "/agent/v1"
 

@@ -7,10 +7,13 @@ derives from ``guest.dir``. A capability a type lacks raises ``Unsupported``.
 
 from __future__ import annotations
 
+import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from vpshost.config import Config
@@ -22,6 +25,36 @@ Progress = Callable[[str], None]  # a driver reports long work step by step
 
 def no_progress(_msg: str) -> None:
     pass
+
+
+# A live move's progress as data (see ``Driver.migrate_progress``), for a progress bar.
+Sample = Callable[[dict[str, Any]], None]
+
+
+def no_sample(_sample: dict[str, Any]) -> None:
+    pass
+
+
+# Where a send loop records its progress, in the guest dir: the send is one long agent
+# call, and QEMU's monitor takes one client at a time, so a file is how anyone else
+# (the same agent, serving ``migrate_progress``) can see how far it got.
+PROGRESS_FILE = "migrate.progress.json"
+
+
+def write_progress(guest_dir: Path, sample: dict[str, Any]) -> None:
+    """Replace the recorded progress atomically (tmp + rename): a reader sees the old
+    sample or the new one, never half of one."""
+    tmp = guest_dir / (PROGRESS_FILE + ".tmp")
+    tmp.write_text(json.dumps(sample))
+    os.replace(tmp, guest_dir / PROGRESS_FILE)
+
+
+def read_progress(guest_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((guest_dir / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class Power(StrEnum):
@@ -116,12 +149,24 @@ class Driver(ABC):
     # Live moves are a protocol of small steps, each with its undo (after Ganeti):
     # prepare on the target, send from the source, finish on the target; abort undoes
     # prepare. The source keeps running until the target has the guest.
+    def migrate_check(self, guest: Guest) -> None:
+        """Raise, before anything is touched, when this host cannot take part in a live
+        move of ``guest`` (run on the source and on the target)."""
+        return None  # nothing to check unless the type says so
+
     def migrate_prepare(self, guest: Guest, listen_host: str) -> dict[str, Any]:
         raise Unsupported(self.type, "live migration", "use a cold move (without --live)")
 
     def migrate_send(self, guest: Guest, target: dict[str, Any], downtime_ms: int,
                      postcopy: bool) -> dict[str, Any]:
+        """Send the guest; the result may name ``files`` (in guest.dir) the control plane
+        must copy to the target before ``migrate_finish``."""
         raise Unsupported(self.type, "live migration", "use a cold move (without --live)")
+
+    def migrate_progress(self, guest: Guest) -> dict[str, Any]:
+        """How far a running send got (phase, bytes, rate; see qemu/migrate.py), read
+        from what the send loop records; empty for a type whose send records nothing."""
+        return read_progress(guest.dir)
 
     def migrate_finish(self, guest: Guest) -> dict[str, Any] | None:
         """Run the guest on the target; may report ``resumed_at`` (epoch seconds)."""
@@ -129,6 +174,11 @@ class Driver(ABC):
 
     def migrate_abort(self, guest: Guest) -> None:
         raise Unsupported(self.type, "live migration")
+
+    def migrate_revert(self, guest: Guest) -> None:
+        """A live move failed after send: run the guest on the source again."""
+        if self.power(guest) is Power.PAUSED:
+            self.resume(guest)
 
     def migrate_cleanup_source(self, guest: Guest) -> None:
         """After a successful live move: drop what the source still holds."""

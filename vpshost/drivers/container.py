@@ -8,14 +8,25 @@ lxcpath, so the stock lxc-* tools see the same containers.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
-from vpshost.drivers.base import Driver, ExecResult, Power, Probe, Progress, no_progress
-from vpshost.errors import CommandError, RuntimeFailure, UsageError
+from vpshost.drivers.base import (
+    Driver,
+    ExecResult,
+    Power,
+    Probe,
+    Progress,
+    no_progress,
+    write_progress,
+)
+from vpshost.errors import CommandError, Conflict, RuntimeFailure, UsageError
 from vpshost.host import cgroups, images, lxcfs
 from vpshost.models import Guest, Plan
 from vpshost.runner import run
@@ -26,6 +37,41 @@ EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FS_OVERHEAD_MB = 24
 # lxc-start tries when it loses a race for a loop device to a concurrent start
 LOOP_RACE_ATTEMPTS = 5
+# Live moves (CRIU through lxc-checkpoint): the images in the guest dir, and the one
+# file they travel in (the agents move flat guest files, not directories)
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_TAR = "checkpoint.tar"
+CRIU_TIMEOUT = 600.0
+
+
+def criu_problem() -> str | None:
+    """Why CRIU cannot checkpoint on this host, in criu's own words; None when
+    `criu check` passes. Asked afresh every time: drivers keep nothing."""
+    if not shutil.which("criu"):
+        return "criu is not installed (apt-get install criu)"
+    r = run(["criu", "check"], timeout=60, check=False)
+    return None if r.ok else criu_reason(r.stdout + "\n" + r.stderr)
+
+
+def criu_reason(text: str) -> str:
+    """criu's error lines without their source locations and the noise of its helper
+    processes ("exited, status=1"), first cause first."""
+    found: list[str] = []
+    for line in text.splitlines():
+        msg = re.sub(r"^\s*Error \([^)]*\):\s*", "", line).strip()
+        if msg and not msg.startswith("exited, status=") and msg not in found:
+            found.append(msg)
+    return "; ".join(found[:3]) or "criu check failed and said nothing"
+
+
+def _log_tail(path: Path, lines: int = 6) -> str:
+    """The last error lines of a CRIU log (LXC has criu write them to the -D dir)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [ln for ln in text if "Error" in ln] or text
+    return "\n  ".join(errors[-lines:])
 
 
 class ContainerDriver(Driver):
@@ -237,6 +283,109 @@ class ContainerDriver(Driver):
 
     def migration_files(self, guest: Guest) -> list[str]:
         return ["disk.img"]  # the config is rendered from the Guest at every start
+
+    # -- live moves with CRIU ------------------------------------------------------
+    # check (both hosts) -> prepare (target: a dir) -> send (source: lxc-checkpoint -s,
+    # the images tarred; the control plane copies them and disk.img) -> finish (target:
+    # lxc-checkpoint -r). The container is stopped from the dump to the restore.
+    def migrate_check(self, guest: Guest) -> None:
+        problem = criu_problem()
+        if problem:
+            raise UsageError(
+                f"cannot move container '{guest.name}' live: CRIU cannot checkpoint on "
+                f"this host (`criu check`: {problem})",
+                "use --frozen (freeze, copy, start afresh there) or a cold move "
+                "(without --live)")
+
+    def migrate_prepare(self, guest: Guest, listen_host: str) -> dict[str, Any]:
+        self.migrate_check(guest)
+        if (guest.dir / "config").exists() or (guest.dir / "disk.img").exists():
+            raise Conflict(f"container '{guest.name}' already exists on this host",
+                           "remove the stale copy (`vps delete` on that host) and retry")
+        guest.dir.mkdir(parents=True, exist_ok=True)
+        return {"criu": True}
+
+    def migrate_send(self, guest: Guest, target: dict[str, Any], downtime_ms: int,
+                     postcopy: bool) -> dict[str, Any]:
+        """Checkpoint and stop the container; its images in one file to carry.
+        ``downtime_ms`` cannot bound a CRIU move: the disk travels inside the pause."""
+        if postcopy:
+            raise UsageError("post-copy is for VMs; a container moves as a CRIU checkpoint",
+                             "migrate without --postcopy")
+        self.migrate_check(guest)
+        ckpt, tar = guest.dir / CHECKPOINT_DIR, guest.dir / CHECKPOINT_TAR
+        shutil.rmtree(ckpt, ignore_errors=True)
+        tar.unlink(missing_ok=True)
+        write_progress(guest.dir, {"seq": 1, "phase": "checkpoint", "time": time.time()})
+        link = self.host_link(guest) if guest.plan.bandwidth_mbit else None
+        stopped_at, t0 = time.time(), time.monotonic()
+        try:
+            self._lxc("checkpoint", guest, "-s", "-v", "-D", str(ckpt), timeout=CRIU_TIMEOUT)
+        except CommandError as exc:
+            raise RuntimeFailure(f"checkpointing container '{guest.name}' failed: "
+                                 + (_log_tail(ckpt / "dump.log") or exc.stderr.strip()),
+                                 "it keeps running here (criu resumes it after a failed "
+                                 "dump)") from None
+        dump_s = time.monotonic() - t0
+        if link:
+            from vpshost.host import network
+
+            network.clear_limits(link)  # its IFB would outlive the veth otherwise
+        run(["tar", "-C", str(guest.dir), "-cf", str(tar), CHECKPOINT_DIR],
+            timeout=CRIU_TIMEOUT)
+        size = tar.stat().st_size
+        write_progress(guest.dir, {"seq": 2, "phase": "done", "time": time.time(),
+                                   "done_bytes": size, "total_bytes": size,
+                                   "transferred_bytes": size, "percent": 100.0})
+        return {"files": ["disk.img", CHECKPOINT_TAR], "stopped_at": stopped_at,
+                "checkpoint_ms": round(dump_s * 1000), "checkpoint_bytes": size}
+
+    def migrate_finish(self, guest: Guest) -> dict[str, Any] | None:
+        """Restore the copied checkpoint: the same processes run on, here."""
+        ckpt, tar = guest.dir / CHECKPOINT_DIR, guest.dir / CHECKPOINT_TAR
+        shutil.rmtree(ckpt, ignore_errors=True)
+        run(["tar", "-C", str(guest.dir), "-xf", str(tar)], timeout=CRIU_TIMEOUT)
+        (guest.dir / "config").write_text(self._render_config(guest))
+        if not guest.privileged:
+            self.prepare_host()
+        self._restore(guest, ckpt)
+        resumed_at = time.time()
+        shutil.rmtree(ckpt, ignore_errors=True)
+        tar.unlink(missing_ok=True)
+        return {"resumed_at": resumed_at}
+
+    def migrate_abort(self, guest: Guest) -> None:
+        self.delete(guest)
+
+    def migrate_revert(self, guest: Guest) -> None:
+        """After a failed move: restore the source from its own checkpoint (its disk
+        has not changed since the dump), or at worst start it afresh."""
+        state = self.power(guest)
+        if state is Power.PAUSED:
+            self.resume(guest)
+        if state is not Power.STOPPED:
+            return
+        ckpt = guest.dir / CHECKPOINT_DIR
+        if (ckpt / "inventory.img").exists():
+            with contextlib.suppress(RuntimeFailure):
+                self._restore(guest, ckpt)
+                return
+            self._lxc("stop", guest, "-k", check=False)  # whatever a failed restore left
+        self.start(guest)
+
+    def _restore(self, guest: Guest, ckpt: Path) -> None:
+        try:
+            self._lxc("checkpoint", guest, "-r", "-v", "-D", str(ckpt), timeout=CRIU_TIMEOUT)
+        except CommandError as exc:
+            raise RuntimeFailure(f"restoring container '{guest.name}' from its checkpoint "
+                                 "failed: " + (_log_tail(ckpt / "restore.log")
+                                               or exc.stderr.strip())) from None
+        # what start adds beyond LXC's config
+        if any((guest.plan.io_read_bps, guest.plan.io_write_bps,
+                guest.plan.io_read_iops, guest.plan.io_write_iops)):
+            self._apply_io(guest, guest.plan)
+        if guest.plan.bandwidth_mbit:
+            self._apply_bandwidth(guest, guest.plan.bandwidth_mbit)
 
     def pause(self, guest: Guest) -> None:
         self._lxc("freeze", guest)

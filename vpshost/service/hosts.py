@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from vpshost.drivers.base import Power, Progress, no_progress
+from vpshost.drivers.base import Power, Progress, Sample, no_progress, no_sample
 from vpshost.errors import UsageError
 from vpshost.service import views
 from vpshost.service.access import LOCAL_ADMIN, Caller
@@ -24,8 +24,11 @@ class HostsMixin(ServiceBase):
     def migrate(self, name: str, to: str | None = None, live: bool = False,
                 frozen: bool = False, postcopy: bool = False, downtime_ms: int = 300,
                 caller: Caller = LOCAL_ADMIN,
-                progress: Progress = no_progress) -> dict[str, Any]:
-        """Move a guest to another host (placement picks one when ``to`` is None)."""
+                progress: Progress = no_progress,
+                sample: Sample = no_sample) -> dict[str, Any]:
+        """Move a guest to another host (placement picks one when ``to`` is None).
+        ``progress`` gets each step as a line, ``sample`` a live move's progress as
+        data (phase, bytes, rate) about every half second while it sends."""
         from vpshost.cluster import hosts as cluster_hosts
         from vpshost.cluster import migration
 
@@ -44,8 +47,8 @@ class HostsMixin(ServiceBase):
 
             # row.state is already the transient "migrating": ask the host instead
             if live and src.power(guest) is Power.RUNNING:
-                stats = migration.live(self, guest, target, src, dst, downtime_ms, postcopy,
-                                       progress, switched)
+                stats = migration.live(self, guest, row.host, target, src, dst, downtime_ms,
+                                       postcopy, progress, switched, sample)
             else:
                 stats = migration.cold(self, guest, row.host, target, src, dst, frozen,
                                        progress, switched)

@@ -13,7 +13,8 @@ Live, in the driver's protocol steps (see drivers/base.py and cluster/migration.
   (sync=full), then RAM migration with auto-converge and the downtime limit; after
   completion (source stopped) ``block-job-cancel`` of the READY mirror, which ends
   with the target holding a point-in-time copy of the stopped source. Any failure
-  cancels both and leaves the source running.
+  cancels both and leaves the source running. As it polls, the send records its
+  progress (``_Recorder``) for ``migrate_progress``.
 - ``finish`` (target): ``cont``, drop the NBD export, announce the MAC (RARP, and
   the guest's own gratuitous ARP through virtio-net's GUEST_ANNOUNCE) so the new
   host's bridge learns where the guest is.
@@ -45,6 +46,7 @@ from qemu.qmp.error import QMPError
 from qemu.qmp.qmp_client import ExecuteError
 
 from vpshost import runner
+from vpshost.drivers.base import PROGRESS_FILE, write_progress
 from vpshost.drivers.qemu import accel as accel_mod
 from vpshost.drivers.qemu import limits, process
 from vpshost.drivers.qemu.cmdline import DRIVE_ID, build_argv
@@ -68,6 +70,7 @@ BASE_FILE = "base.qcow2"  # a VM's own copy of its base, after a cold move
 SENTINEL = "migrate.sentinel"  # pid of the sentinel, in the guest dir
 DONE = "migrate.done"  # written by finish: the sentinel stands down
 INCOMING = "migrate.incoming.json"  # the guest, for the sentinel's cleanup
+RECORD_S = 0.2  # the send records its progress at most this often (and at each phase)
 
 
 def _paths(guest: Guest) -> VmPaths:
@@ -275,6 +278,65 @@ def sentinel_cleanup(guest_dir: str) -> None:
 
 # ---------------------------------------------------------------------- source side
 
+# QEMU's migration status -> the phase a progress bar shows
+_RAM_PHASES = {"postcopy-active": "postcopy", "device": "completing",
+               "pre-switchover": "completing", "completed": "completing"}
+
+
+class _Recorder:
+    """The send's progress, as it polls, in the guest dir (drivers/base.py PROGRESS_FILE).
+
+    Phases in order: disk-mirror, ram-precopy, [postcopy], completing (source stopped,
+    final disk sync), then done or failed. ``done_bytes``/``total_bytes`` are the
+    current phase's (RAM: total minus remaining, which drops when pages are dirtied
+    again); ``transferred_bytes`` counts disk and RAM bytes sent so far and only grows.
+    """
+
+    def __init__(self, guest_dir: Path) -> None:
+        self.dir = guest_dir
+        self.t0 = time.monotonic()
+        self.seq = 0
+        self.phase = ""
+        self.last = 0.0
+        self.disk_bytes = 0  # the mirror's offset: it keeps growing while RAM moves
+        self.ram_bytes = 0
+        with contextlib.suppress(FileNotFoundError):
+            (guest_dir / PROGRESS_FILE).unlink()  # a previous move's
+
+    def mirror(self, job: dict[str, Any]) -> None:
+        self.disk_bytes = max(self.disk_bytes, int(job.get("offset", 0)))
+        self._write("disk-mirror", self.disk_bytes, int(job.get("len", 0)))
+
+    def ram(self, info: dict[str, Any]) -> None:
+        ram = info.get("ram", {})
+        total, remaining = int(ram.get("total", 0)), int(ram.get("remaining", 0))
+        self.ram_bytes = max(self.ram_bytes, int(ram.get("transferred", 0)))
+        self._write(_RAM_PHASES.get(str(info.get("status")), "ram-precopy"),
+                    max(0, total - remaining), total, remaining_bytes=remaining,
+                    dirty_pages_rate=int(ram.get("dirty-pages-rate", 0)),
+                    passes=int(ram.get("dirty-sync-count", 0)),
+                    mbps=float(ram.get("mbps", 0.0)))
+
+    def end(self, phase: str, **extra: Any) -> None:
+        self._write(phase, int(phase == "done"), 1, force=True, **extra)
+
+    def _write(self, phase: str, done: int, total: int, force: bool = False,
+               **extra: Any) -> None:
+        now = time.monotonic()
+        if not force and phase == self.phase and now - self.last < RECORD_S:
+            return  # each poll would be a file write; the reader polls every ~0.5 s
+        self.seq += 1
+        self.phase, self.last = phase, now
+        sample = {"seq": self.seq, "phase": phase, "time": time.time(),
+                  "elapsed_s": round(now - self.t0, 3), "done_bytes": done,
+                  "total_bytes": total,
+                  "percent": round(min(100.0, 100.0 * done / total), 1) if total else 0.0,
+                  "transferred_bytes": self.disk_bytes + self.ram_bytes,
+                  "disk_bytes": self.disk_bytes, "ram_bytes": self.ram_bytes, **extra}
+        with contextlib.suppress(OSError):  # progress is for show: never fail the move
+            write_progress(self.dir, sample)
+
+
 class _Session:
     """One QMP connection for the whole send: commands plus the events they cause."""
 
@@ -326,20 +388,25 @@ def send(drv: QemuDriver, guest: Guest, target: dict[str, Any], downtime_ms: int
     if postcopy and not target.get("postcopy"):
         raise UsageError("the target host cannot do post-copy (no userfaultfd)",
                          "migrate without --postcopy")
+    rec = _Recorder(guest.dir)
     try:
-        return _run_sync(_send(paths, target, downtime_ms, postcopy))
+        stats = _run_sync(_send(paths, target, downtime_ms, postcopy, rec))
     except (QMPError, OSError, TimeoutError) as exc:
         _recover(paths)
+        rec.end("failed", error=str(exc) or type(exc).__name__)
         raise RuntimeFailure(f"live migration of '{guest.name}' failed: "
                              f"{exc or type(exc).__name__}",
                              "the guest keeps running on the source") from None
-    except BaseException:
+    except BaseException as exc:
         _recover(paths)
+        rec.end("failed", error=str(exc) or type(exc).__name__)
         raise
+    rec.end("done", passes=stats["dirty_passes"])
+    return stats
 
 
 async def _send(paths: VmPaths, target: dict[str, Any], downtime_ms: int,
-                postcopy: bool) -> dict[str, Any]:
+                postcopy: bool, rec: _Recorder) -> dict[str, Any]:
     t0 = time.monotonic()
     nbd = target["nbd"]
     async with _Session(paths.qmp) as s:
@@ -357,7 +424,7 @@ async def _send(paths: VmPaths, target: dict[str, Any], downtime_ms: int,
         await s.cmd("blockdev-mirror", {"job-id": MIRROR_JOB, "device": DRIVE_ID,
                                         "target": NBD_NODE, "sync": "full",
                                         "on-target-error": "stop"})
-        await _wait_ready(s)
+        await _wait_ready(s, rec)
         mirror_s = time.monotonic() - t0
         caps = [{"capability": "events", "state": True},
                 {"capability": "auto-converge", "state": True},
@@ -367,12 +434,12 @@ async def _send(paths: VmPaths, target: dict[str, Any], downtime_ms: int,
                                                "max-bandwidth": MAX_BANDWIDTH})
         t_ram = time.monotonic()
         await s.cmd("migrate", {"uri": target["uri"]})
-        info = await _wait_migrated(s, postcopy)
+        info = await _wait_migrated(s, postcopy, rec)
         ram_s = time.monotonic() - t_ram
         stopped_at = s.event_time("STOP")
         # the source is stopped: the mirror's last writes make the target disk final
         await s.cmd("block-job-cancel", {"device": MIRROR_JOB})
-        mirrored = await _wait_gone(s)
+        mirrored = await _wait_gone(s, rec)
         with contextlib.suppress(MonitorError):
             await s.cmd("blockdev-del", {"node-name": NBD_NODE})
         switch_s = time.monotonic() - t_ram - ram_s
@@ -388,7 +455,7 @@ async def _send(paths: VmPaths, target: dict[str, Any], downtime_ms: int,
             "send_ms": round((time.monotonic() - t0) * 1000)}
 
 
-async def _wait_ready(s: _Session, timeout: float = 3600) -> None:
+async def _wait_ready(s: _Session, rec: _Recorder, timeout: float = 3600) -> None:
     """Until the mirror is READY (source and target in sync, writes mirrored)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -399,6 +466,7 @@ async def _wait_ready(s: _Session, timeout: float = 3600) -> None:
         if job.get("io-status", "ok") != "ok" or job.get("status") == "paused":
             raise RuntimeFailure("the disk mirror to the target hit an I/O error "
                                  "(the target went away?)")
+        rec.mirror(job)
         if job.get("ready"):
             log.info("disk mirrored: %s bytes", job.get("len"))
             return
@@ -414,12 +482,14 @@ def _job_error(s: _Session) -> str:
     return "no reason given"
 
 
-async def _wait_migrated(s: _Session, postcopy: bool) -> dict[str, Any]:
+async def _wait_migrated(s: _Session, postcopy: bool, rec: _Recorder) -> dict[str, Any]:
     started_postcopy = False
     last = 0.0
     while True:
         info: dict[str, Any] = await s.cmd("query-migrate")
         status = info.get("status")
+        if status not in ("failed", "cancelled", "cancelling"):
+            rec.ram(info)
         if status == "completed":
             return info
         if status in ("failed", "cancelled", "cancelling"):
@@ -435,12 +505,13 @@ async def _wait_migrated(s: _Session, postcopy: bool) -> dict[str, Any]:
             if MIRROR_JOB not in jobs or jobs[MIRROR_JOB].get("io-status", "ok") != "ok":
                 raise RuntimeFailure(f"the disk mirror broke during migration: "
                                      f"{_job_error(s)}")
+            rec.disk_bytes = max(rec.disk_bytes, int(jobs[MIRROR_JOB].get("offset", 0)))
             log.info("migrating: %s, %s of %s bytes, %s dirty pages/s", status,
                      ram.get("transferred"), ram.get("total"), ram.get("dirty-pages-rate"))
         await asyncio.sleep(0.02)
 
 
-async def _wait_gone(s: _Session, timeout: float = 600) -> int:
+async def _wait_gone(s: _Session, rec: _Recorder, timeout: float = 600) -> int:
     """Until the cancelled mirror has completed; its bytes copied."""
     end = time.monotonic() + timeout
     copied = 0
@@ -457,6 +528,7 @@ async def _wait_gone(s: _Session, timeout: float = 600) -> int:
                     copied = int(data.get("offset", copied))
             return copied
         copied = int(job.get("offset", 0))
+        rec.disk_bytes = max(rec.disk_bytes, copied)
         await asyncio.sleep(0.005)
     raise RuntimeFailure("the final disk sync did not finish in time")
 
