@@ -486,15 +486,21 @@ def host_activate(name: str) -> None:
 @app.command()
 def migrate(name: Name,
             to: Annotated[str | None, typer.Option("--to", help="Target host.")] = None,
-            live: Annotated[bool, typer.Option(help="VMs: move while running.")] = False,
+            live: Annotated[bool, typer.Option(
+                help="Move while running: VMs; containers where `criu check` passes.")
+            ] = False,
             frozen: Annotated[bool, typer.Option(
                 help="Containers: freeze instead of stopping while the disk copies.")] = False,
             postcopy: Annotated[bool, typer.Option(help="Switch to post-copy.")] = False,
             downtime_ms: Annotated[int, typer.Option(help="Live: most downtime.")] = 300,
             as_json: Json = False) -> None:
-    """Move a guest to another host."""
-    data = local_service().migrate(name, to=to, live=live, frozen=frozen, postcopy=postcopy,
-                                   downtime_ms=downtime_ms, progress=progress_printer())
+    """Move a guest to another host (live: with a progress bar on a terminal)."""
+    from vpshost.cli.migrate_view import MigrateView
+
+    with MigrateView(bar=not as_json) as view:
+        data = local_service().migrate(name, to=to, live=live, frozen=frozen,
+                                       postcopy=postcopy, downtime_ms=downtime_ms,
+                                       progress=view.step, sample=view.sample)
     if printed_json(data, as_json):
         return
     mig = data["migration"]
