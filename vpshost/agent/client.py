@@ -243,8 +243,9 @@ class RemoteDriver(Driver):
     def resume(self, guest: Guest) -> None:
         self._call("resume", guest)
 
-    def snapshot(self, guest: Guest, snap: str) -> None:
-        self._call("snapshot", guest, snap=snap)
+    def snapshot(self, guest: Guest, snap: str) -> bool | None:
+        memory = self._call("snapshot", guest, snap=snap)
+        return None if memory is None else bool(memory)
 
     def restore(self, guest: Guest, snap: str) -> None:
         self._call("restore", guest, snap=snap)

@@ -131,7 +131,8 @@ class Driver(ABC):
     def resume(self, guest: Guest) -> None:
         raise Unsupported(self.type, "resume")
 
-    def snapshot(self, guest: Guest, snap: str) -> None:
+    def snapshot(self, guest: Guest, snap: str) -> bool | None:
+        """Whether the snapshot holds memory too (None: whenever the guest was not off)."""
         raise Unsupported(self.type, "snapshots")
 
     def restore(self, guest: Guest, snap: str) -> None:

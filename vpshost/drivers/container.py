@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vpshost.drivers import lxcsnap
 from vpshost.drivers.base import (
     Driver,
     ExecResult,
@@ -282,7 +283,19 @@ class ContainerDriver(Driver):
         return ["lxc-console", "-n", guest.name, "-P", self.lxcpath, "-t", "1"]
 
     def migration_files(self, guest: Guest) -> list[str]:
-        return ["disk.img"]  # the config is rendered from the Guest at every start
+        # the config is rendered from the Guest at every start; snapshots travel too
+        return ["disk.img", *lxcsnap.files(guest)]
+
+    # -- snapshots: copies of disk.img (vpshost/drivers/lxcsnap.py) ------------------
+    def snapshot(self, guest: Guest, snap: str) -> bool:
+        lxcsnap.take(self, guest, snap)
+        return False  # disk only: no memory state without CRIU
+
+    def restore(self, guest: Guest, snap: str) -> None:
+        lxcsnap.restore(self, guest, snap, self.config.container.stop_timeout)
+
+    def delete_snapshot(self, guest: Guest, snap: str) -> None:
+        lxcsnap.delete(guest, snap)
 
     # -- live moves with CRIU ------------------------------------------------------
     # check (both hosts) -> prepare (target: a dir) -> send (source: lxc-checkpoint -s,

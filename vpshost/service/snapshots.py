@@ -33,10 +33,11 @@ class SnapshotsMixin(ServiceBase):
                 raise Conflict(f"'{name}' already has a snapshot '{snap}'",
                                "pick another name or delete it first")
         states.check("snapshot", row.state, name)
-        self.driver_for(row.host, row.type).snapshot(self.guest(row), snap)
+        memory = self.driver_for(row.host, row.type).snapshot(self.guest(row), snap)
         with self.db.session() as s:
             s.add(Snapshot(instance_id=row.id, name=snap,
-                           with_memory=row.state != State.STOPPED))
+                           with_memory=row.state != State.STOPPED if memory is None
+                           else bool(memory)))
             self._event(s, row, "snapshot", f"snapshot {snap} taken")
 
     def _snapshot_row(self, s: Session, row: Instance, snap: str) -> Snapshot:
