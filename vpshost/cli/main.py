@@ -411,18 +411,23 @@ def host_reclaim(watch: Annotated[bool, typer.Option(help="Keep running passes."
 
 
 @host_app.command("add")
-def host_add(name: str, url: Annotated[str, typer.Option(
-                 help="The agent: https://ADDR:PORT (mutual TLS) or http://ADDR:PORT")],
+def host_add(name: str,
+             address: Annotated[str | None, typer.Argument(
+                 metavar="[URL]", help="The agent's URL (or --url).")] = None,
+             url: Annotated[str | None, typer.Option(
+                 help="The agent: https://ADDR:PORT (mutual TLS) or http://ADDR:PORT")] = None,
              secret: Annotated[str | None, typer.Option(help="The agent's shared secret.")] = None,
              secret_file: Annotated[str | None, typer.Option()] = None,
              as_json: Json = False) -> None:
     """Register a host whose `vps agent` runs at URL."""
     from pathlib import Path
 
+    if not (url or address) or (url and address and url != address):
+        raise UsageError("give the agent's URL once", "vps host add NAME https://ADDR:8421")
     if not secret and not secret_file:
         raise UsageError("give the agent's secret", "--secret S or --secret-file FILE")
     value = secret or Path(secret_file or "").read_text().strip()
-    data = local_service().host_add(name, url, value)
+    data = local_service().host_add(name, url or address or "", value)
     _print_hosts([data], as_json)
 
 
