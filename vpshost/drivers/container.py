@@ -350,7 +350,9 @@ class ContainerDriver(Driver):
         write_progress(guest.dir, {"seq": 2, "phase": "done", "time": time.time(),
                                    "done_bytes": size, "total_bytes": size,
                                    "transferred_bytes": size, "percent": 100.0})
-        return {"files": ["disk.img", CHECKPOINT_TAR], "stopped_at": stopped_at,
+        # everything a cold move would copy (disk, snapshots), and the checkpoint
+        return {"files": [*self.migration_files(guest), CHECKPOINT_TAR],
+                "stopped_at": stopped_at,
                 "checkpoint_ms": round(dump_s * 1000), "checkpoint_bytes": size}
 
     def migrate_finish(self, guest: Guest) -> dict[str, Any] | None:
