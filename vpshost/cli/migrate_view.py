@@ -93,7 +93,8 @@ class MigrateView:
         at = float(sample.get("time", 0.0))
         if phase != last_phase or at - last_at >= PLAIN_EVERY_S:
             self.printed = (phase, at)
-            self.console.print(sample_line(sample, rate), markup=False, highlight=False)
+            self.console.print(sample_line(sample, rate), markup=False, highlight=False,
+                               soft_wrap=True)
 
     def _rate(self, sample: dict[str, Any]) -> float | None:
         """Bytes per second sent since the previous sample."""
