@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_env import control_plane_env, destroy_hosts, make_hosts
+from tests.cluster_env import VPS, control_plane_env, destroy_hosts, make_hosts
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("lxc-start"),
@@ -120,6 +120,94 @@ def test_frozen_migration(cluster: dict[str, Any]) -> None:
     assert moved["host"] == "h0" and moved["migration"]["mode"] == "frozen"
     assert svc.exec("clu-f", ["cat", "/root/f"]).stdout.strip() == "frozen"
     svc.delete("clu-f", force=True)
+
+
+def _background(svc: Any, name: str, script: str) -> str:
+    """Start ``script`` in the container, detached; its pid inside."""
+    r = svc.exec(name, ["sh", "-c", f"setsid sh -c '{script}' >/dev/null 2>&1 "
+                                    "</dev/null & echo $!"])
+    assert r.returncode == 0 and r.stdout.strip().isdigit(), r
+    return str(r.stdout.strip())
+
+
+def _alive(svc: Any, name: str, pid: str) -> bool:
+    return bool(svc.exec(name, ["kill", "-0", pid]).returncode == 0)
+
+
+COUNT = "i=0; while true; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done"
+
+
+def test_container_live_move_refused_where_criu_check_fails(
+        cluster: dict[str, Any]) -> None:
+    """`vps migrate --live` of a running container, where CRIU cannot checkpoint: refused
+    before anything is touched, in criu's words; the container runs on where it was."""
+    from vpshost.drivers.container import criu_problem
+    from vpshost.errors import UsageError
+
+    problem = criu_problem()
+    if problem is None:
+        pytest.skip("`criu check` passes here: the CRIU move itself is tested instead")
+    svc, hosts = cluster["svc"], cluster["hosts"]
+    _create(svc, "clu-l", host="h0")
+    assert svc.exec("clu-l", ["sh", "-c", "echo mine > /root/marker; sync"]).returncode == 0
+    pid = _background(svc, "clu-l", COUNT)
+    r = subprocess.run([VPS, "migrate", "clu-l", "--to", "h1", "--live"],
+                       capture_output=True, text=True, timeout=300)
+    print(f"\n{r.stderr}")
+    assert r.returncode == 2, r
+    assert "cannot move container 'clu-l' live" in r.stderr and "criu check" in r.stderr
+    assert problem.split(";")[0] in r.stderr  # criu's own reason, quoted
+    assert "--frozen" in r.stderr and "cold move" in r.stderr
+    with pytest.raises(UsageError, match="CRIU cannot checkpoint"):
+        svc.migrate("clu-l", to="h1", live=True)
+    # untouched: still on h0, running, the same processes, the same files
+    shown = svc.show("clu-l")
+    assert shown["host"] == "h0" and shown["state"] == "running", shown
+    assert "RUNNING" in hosts[0].run("lxc-info", "-n", "clu-l", "-P",
+                                     str(hosts[0].state_dir / "guests"), "-s").stdout
+    assert _alive(svc, "clu-l", pid)
+    count = svc.exec("clu-l", ["cat", "/root/count"]).stdout.strip()
+    assert count.isdigit() and int(count) > 0
+    assert svc.exec("clu-l", ["cat", "/root/marker"]).stdout.strip() == "mine"
+    assert not (hosts[1].state_dir / "guests" / "clu-l").exists()
+    svc.delete("clu-l", force=True)
+
+
+def test_container_live_move_with_criu(cluster: dict[str, Any]) -> None:
+    """Where `criu check` passes: checkpoint on h0, restore on h1; the same processes
+    (same pids) run on, with the container's address and files."""
+    import time
+
+    from vpshost.drivers.container import criu_problem
+
+    problem = criu_problem()
+    if problem is not None:
+        pytest.skip(f"`criu check` fails on this host: {problem}")
+    svc, hosts = cluster["svc"], cluster["hosts"]
+    ip = _create(svc, "clu-criu", host="h0")["ip"]
+    assert svc.exec("clu-criu", ["sh", "-c", "echo moved > /root/marker; sync"]
+                    ).returncode == 0
+    pid = _background(svc, "clu-criu", COUNT)
+    samples: list[dict[str, Any]] = []
+    moved = svc.migrate("clu-criu", to="h1", live=True, sample=samples.append)
+    mig = moved["migration"]
+    print(f"\nCRIU live move: {mig}")
+    assert moved["host"] == "h1" and moved["state"] == "running" and moved["ip"] == ip
+    assert mig["mode"] == "live" and mig["checkpoint_bytes"] > 0
+    assert samples and samples[-1]["phase"] == "done"  # the source's recorded progress
+    assert 0 <= mig["downtime_ms"] < 120_000
+    assert _alive(svc, "clu-criu", pid)  # the very process, restored
+    before = int(svc.exec("clu-criu", ["cat", "/root/count"]).stdout)
+    time.sleep(1)
+    assert int(svc.exec("clu-criu", ["cat", "/root/count"]).stdout) > before
+    assert svc.exec("clu-criu", ["cat", "/root/marker"]).stdout.strip() == "moved"
+    assert "RUNNING" in hosts[1].run("lxc-info", "-n", "clu-criu", "-P",
+                                     str(hosts[1].state_dir / "guests"), "-s").stdout
+    assert not (hosts[0].state_dir / "guests" / "clu-criu").exists()
+    route = subprocess.run(["ip", "route", "get", ip], capture_output=True,
+                           text=True).stdout
+    assert hosts[1].addr in route
+    svc.delete("clu-criu", force=True)
 
 
 def test_placement_spreads_and_refuses_when_full(cluster: dict[str, Any]) -> None:

@@ -5,8 +5,9 @@ module uses its own uplink bridge, addresses, guest subnet and NAT table, so it 
 run while test_cluster.py runs. A tiny VM counts on its disk and streams that count
 over TCP to a client in the root namespace; it moves h0 -> h1 with Service.migrate
 (live=True): the connection must survive, the counter continue, the address stay.
-Then the target agent is killed halfway through a move: the guest must stay running
-on the source and nothing of it may remain on the target.
+While it moves, the source's progress arrives as samples (phase, bytes) through the
+source agent. Then the target agent is killed halfway through a move: the guest must
+stay running on the source and nothing of it may remain on the target.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ TAG = "m"
 ISOLATION = {"UPLINK": "vpsclm0", "UPLINK_NET": "10.98.0", "GUEST_SUBNET": "10.246.0.0/16",
              "NAT_TABLE": "vpsclm"}
 PORT = 7000
+PHASES = ["disk-mirror", "ram-precopy", "postcopy", "completing", "done"]
 COUNTER = ("i=0; while true; do i=$((i+1)); echo $i >> /data/counter.log; "
            "echo $i > /data/counter; sleep 0.1; done")
 SERVER = "#!/bin/sh\nwhile true; do echo \"tick $(cat /data/counter)\"; sleep 0.1; done\n"
@@ -126,6 +128,28 @@ def _leftovers(host: NsHost, name: str) -> list[str]:
     return found
 
 
+def _check_progress(samples: list[dict[str, Any]], mig: dict[str, Any]) -> None:
+    """Several samples came while it sent, each new, the bytes sent only growing and
+    the phases in their order, ending with done."""
+    phases = [s["phase"] for s in samples]
+    sent = [s["transferred_bytes"] for s in samples]
+    print(f"\nprogress: {len(samples)} samples over {samples[-1]['elapsed_s']} s: "
+          + ", ".join(f"{s['phase']} {s['percent']}% {s['transferred_bytes'] >> 20} MiB"
+                      for s in samples))
+    assert len(samples) >= 3, samples
+    seqs = [s["seq"] for s in samples]
+    assert seqs == sorted(set(seqs)), seqs
+    assert sent == sorted(sent) and sent[-1] > sent[0], sent
+    assert phases == sorted(phases, key=PHASES.index), phases
+    assert phases[0] in ("disk-mirror", "ram-precopy") and phases[-1] == "done", phases
+    assert "postcopy" not in phases  # not asked for
+    for s in samples:
+        assert 0.0 <= s["percent"] <= 100.0 and s["done_bytes"] <= s["total_bytes"], s
+    # the last sample knows the whole RAM transfer the move reports
+    assert samples[-1]["ram_bytes"] == mig["ram_bytes"] > 0
+    assert samples[-1]["passes"] == mig["dirty_passes"]
+
+
 class Client:
     """A TCP client in the root namespace: records every line and when it came."""
 
@@ -181,7 +205,8 @@ def test_live_migration_keeps_connection_counter_and_address(
     try:
         assert _wait(lambda: len(client.ticks()) >= 10, 30), client.lines[-5:]
         t_start = time.monotonic()
-        moved = svc.migrate("mig-live", to="h1", live=True)
+        samples: list[dict[str, Any]] = []
+        moved = svc.migrate("mig-live", to="h1", live=True, sample=samples.append)
         t_end = time.monotonic()
         mig = moved["migration"]
         gap = client.max_gap(t_start, t_end)
@@ -190,6 +215,7 @@ def test_live_migration_keeps_connection_counter_and_address(
               f"largest gap seen by the TCP client {gap * 1000:.0f} ms; {mig}")
         assert moved["host"] == "h1" and moved["state"] == "running" and moved["ip"] == ip
         assert mig["mode"] == "live"
+        _check_progress(samples, mig)
         for key in ("downtime_ms", "qemu_downtime_ms", "total_ms"):
             assert isinstance(mig[key], int) and 0 <= mig[key] < 60_000, (key, mig[key])
         assert mig["downtime_ms"] >= mig["qemu_downtime_ms"]
