@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-  lxc lxcfs uidmap busybox-static debootstrap   # containers and their images
+  lxc lxcfs uidmap busybox-static debootstrap criu   # containers, images, CRIU moves
   qemu-system-x86 qemu-utils                    # VMs
   nftables iproute2 socat                       # networking, port forwards, consoles
   e2fsprogs procps psmisc ca-certificates
