@@ -328,6 +328,7 @@ def test_the_control_plane_client(cluster: Cluster, monkeypatch: pytest.MonkeyPa
         "serves HTTPS": AgentClient("node1", f"http://127.0.0.1:{cluster.tls_port}", SECRET),
         "does not speak TLS": AgentClient("node1", f"https://127.0.0.1:{cluster.plain_port}",
                                           SECRET),
+        "is not reachable": AgentClient("node1", f"https://127.0.0.1:{free_port()}", SECRET),
     }
     for words, client in cases.items():
         with pytest.raises(RuntimeFailure) as e:
@@ -361,3 +362,13 @@ def test_a_plain_agent_says_it_has_no_tls(cluster: Cluster) -> None:
     assert r.status_code == 200
     log = cluster.plain_log.read_text()
     assert "warning: no TLS" in log and f"http://127.0.0.1:{cluster.plain_port}" in log
+
+
+def test_cli_refusals(cluster: Cluster) -> None:
+    r = cluster.vps("pki", "issue", "node9", "--out", str(cluster.root / "node9"))
+    assert r.returncode == 2 and "would name no address" in r.stderr
+    assert not (cluster.root / "node9").exists()
+    r = cluster.vps("agent", "--listen", f"127.0.0.1:{free_port()}", "--secret-file",
+                    str(cluster.root / "agent" / "agent.secret"),
+                    "--tls-dir", str(cluster.root / "missing"))
+    assert r.returncode == 2 and "has no agent.crt" in r.stderr and "vps pki issue" in r.stderr

@@ -11,6 +11,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,11 +28,12 @@ LONG = 1800.0  # image builds and disk copies can take minutes
 
 class AgentClient:
     def __init__(self, host: str, url: str, secret: str,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, pki_dir: Path | None = None) -> None:
         self.host = host
         self.url = url.rstrip("/")
         self.secret = secret
         self._tls = tls
+        self.pki_dir = pki_dir  # the control plane's CA and client certificate
 
     @property
     def verify(self) -> ssl.SSLContext | bool:
@@ -43,7 +45,7 @@ class AgentClient:
             from vpshost.agent import pki
             from vpshost.config import load
 
-            self._tls = pki.client_context(load().pki_dir)
+            self._tls = pki.client_context(self.pki_dir or load().pki_dir)
         return self._tls
 
     @contextmanager
@@ -87,16 +89,17 @@ class AgentClient:
                 "issue the agent's certificate from this control plane's CA (`vps pki issue`) "
                 "and check `vps pki init` has made the client certificate")
         if self.url.startswith("https://") and ("UNEXPECTED_EOF" in text or isinstance(
-                exc, httpx.RemoteProtocolError | httpx.ReadError)):
+                exc, httpx.RemoteProtocolError | httpx.ReadError)) \
+                and _refuses_client(self.url, self.verify):
             # the agent's certificate passed (else CERTIFICATE_VERIFY_FAILED above), and
             # an agent that rejects the client certificate just closes the connection
             return RuntimeFailure(
-                f"{where} closed the connection without answering after the TLS handshake: "
+                f"{where} closes the connection without answering after the TLS handshake: "
                 "it refuses this control plane's client certificate (not from its cluster CA, "
-                "or expired), or it failed",
+                "or expired)",
                 "issue the agent's certificate from this control plane's CA "
                 f"(`vps pki issue {self.host}`; `vps pki init` renews the client certificate); "
-                "if it still fails, look at the agent's output")
+                "restart the agent after giving it the new certificate")
         if self.url.startswith("http://") and _speaks_tls(self.url):
             return RuntimeFailure(
                 f"{where}: the agent serves HTTPS (mutual TLS), not plain HTTP",
@@ -171,6 +174,26 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _refuses_client(url: str, verify: ssl.SSLContext | bool) -> bool:
+    """Whether the agent ends every connection of ours without an HTTP answer (rather
+    than this one request failing, e.g. an agent that died mid-call)."""
+    if not isinstance(verify, ssl.SSLContext):
+        return False
+    u = urlparse(url)
+    try:
+        raw = socket.create_connection((u.hostname or "", u.port or 443), timeout=5)
+    except OSError:
+        return False
+    try:
+        with raw, verify.wrap_socket(raw, server_hostname=u.hostname) as tls:
+            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")  # any answer (404) will do
+            return tls.recv(16) == b""
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True
+    except OSError:
+        return False
+
+
 def _speaks_tls(url: str) -> bool:
     """Whether the server at an http:// URL answers a TLS ClientHello like a TLS server
     (so the URL's scheme is what is wrong)."""
@@ -197,6 +220,8 @@ class RemoteDriver(Driver):
         super().__init__(config)
         self.type = kind
         self.agent = agent
+        if agent.pki_dir is None:
+            agent.pki_dir = config.pki_dir
 
     def _call(self, method: str, guest: Guest | None, **args: Any) -> Any:
         return self.agent.call(self.type, method, guest, **args)

@@ -115,7 +115,8 @@ def add(svc: Service, name: str, url: str, secret: str) -> dict[str, Any]:
                          f"`vps pki issue {name} --ip ADDR --out DIR`, start the agent with "
                          "--tls-dir DIR and add it as https://...; or set [agent] allow_http "
                          "= true to register plain-HTTP agents")
-    info = AgentClient(name, url, secret).info()  # proves the URL and the secret
+    # proves the URL, the secret and (https://) both certificates
+    info = AgentClient(name, url, secret, pki_dir=svc.config.pki_dir).info()
     with svc.db.session() as s:
         if s.scalar(select(Host.id).where(Host.name == name)):
             raise Conflict(f"a host named '{name}' is already registered",
