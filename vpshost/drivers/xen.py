@@ -229,16 +229,24 @@ class XenDriver(Driver):
         res = xl("info", timeout=30, check=False)
         if not res.ok:
             return Probe(False, f"xl info failed: {(res.stderr or res.stdout).strip()}")
-        info = dict(re.findall(r"^(\w+)\s*:\s*(.*?)\s*$", res.stdout, re.MULTILINE))
-        modes = ["pv", "pvh"]
-        if "hvm" in info.get("virt_caps", ""):
-            modes.append("hvm")
+        info = xencfg.parse_xl_info(res.stdout)
+        modes = xencfg.host_modes(info.get("virt_caps", ""))
         detail = (f"Xen {info.get('xen_version', '?')}, {info.get('free_memory', '?')} MiB "
                   f"free of {info.get('total_memory', '?')}, modes {', '.join(modes)}")
         return Probe(True, detail, {"xen_version": info.get("xen_version"),
                                     "free_memory_mb": int(info.get("free_memory", 0) or 0),
                                     "total_memory_mb": int(info.get("total_memory", 0) or 0),
                                     "virt_caps": info.get("virt_caps", ""), "modes": modes})
+
+    def _check_mode(self, guest: Guest) -> None:
+        """PVH and HVM need hardware virtualization that Xen can use: refuse them
+        clearly on a host whose ``xl info`` shows none."""
+        mode = xencfg.mode_of(guest)
+        if mode == "pv":
+            return
+        res = xl("info", timeout=30, check=False)
+        if res.ok:
+            xencfg.check_mode(mode, xencfg.parse_xl_info(res.stdout).get("virt_caps", ""))
 
     def present(self) -> set[str]:
         out: set[str] = set()
@@ -270,14 +278,16 @@ class XenDriver(Driver):
             raise NotFound(f"image '{guest.image}' is not on this host",
                            "`vps image build tiny --type vm`")
         mode = xencfg.mode_of(guest)
-        if mode == "hvm":
-            return xencfg.BootFiles(None, None, "")
+        if mode == "hvm" and m.get("kind") != "kernel":
+            return xencfg.BootFiles(None, None, "")  # the disk's own bootloader
         if m.get("kind") != "kernel":
             raise Unsupported(self.type, f"{mode} guests from the disk image '{guest.image}'",
                               "use --mode hvm for images with their own bootloader")
         if guest.image == "tiny":
             kernel, initrd = xen_tiny_boot(self.config)
-            append = "console=hvc0 panic=-1 quiet"
+            # HVM: the emulated serial port first, the PV console (hvc0) as /dev/console
+            append = ("console=ttyS0 " if mode == "hvm" else "") + \
+                "console=hvc0 panic=-1 quiet"
         else:
             d = Path(m["dir"])
             kernel, initrd = d / m["kernel"], d / m["initrd"]
@@ -294,7 +304,7 @@ class XenDriver(Driver):
     def create(self, guest: Guest, progress: Progress = no_progress) -> None:
         from vpshost.host import vmimages
 
-        xencfg.mode_of(guest)
+        self._check_mode(guest)
         fmt = str(guest.options.get("disk_format") or "raw")
         if fmt not in ("raw", "qcow2"):
             raise UsageError(f"unknown disk format '{fmt}'", "use raw or qcow2")
@@ -321,7 +331,7 @@ class XenDriver(Driver):
             else:
                 runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                             str(base), str(disk), str(size)], timeout=60)
-            if guest.image == "tiny" and xencfg.mode_of(guest) != "hvm":
+            if guest.image == "tiny":
                 xen_tiny_boot(self.config, progress)
             (guest.dir / "xen.json").write_text(json.dumps(
                 {"name": guest.name, "image": guest.image, "disk_format": fmt}) + "\n")
@@ -339,6 +349,7 @@ class XenDriver(Driver):
         disk, _fmt = self._disk(guest)
         if not disk.exists():
             raise NotFound(f"Xen guest '{guest.name}' has no disk at {disk}")
+        self._check_mode(guest)
         cfgfile = guest.dir / "domain.cfg"
         cfgfile.write_text(self.render(guest))
         with contextlib.suppress(FileNotFoundError):
@@ -421,7 +432,7 @@ class XenDriver(Driver):
 
     # ------------------------------------------------------------------ inside
     def _agent(self, guest: Guest) -> Any:
-        if guest.image != "tiny" or xencfg.mode_of(guest) == "hvm":
+        if guest.image != "tiny":
             return None
         from vpshost.drivers.qemu.agent import TinyAgent
 
@@ -446,7 +457,7 @@ class XenDriver(Driver):
         agent = self._agent(guest)
         if agent is None:
             raise Unsupported(self.type, f"exec in '{guest.image}' {xencfg.mode_of(guest)} "
-                              "guests (the exec agent runs in the tiny image's PV/PVH guests)",
+                              "guests (the exec agent runs in the tiny image's guests)",
                               "use `vps console NAME` or ssh")
         result: ExecResult = agent.exec(argv, timeout)
         return result
@@ -485,6 +496,30 @@ class XenDriver(Driver):
         rendered again on the target at start)."""
         _disk, fmt = self._disk(guest)
         return ["xen.json", f"disk.{fmt}"]
+
+    # Live: `xl migrate` with the disk synced around it (vpshost/drivers/xenmigrate.py).
+    def migrate_prepare(self, guest: Guest, listen_host: str) -> dict[str, Any]:
+        from vpshost.drivers import xenmigrate
+
+        return xenmigrate.prepare(self, guest, listen_host)
+
+    def migrate_send(self, guest: Guest, target: dict[str, Any], downtime_ms: int,
+                     postcopy: bool) -> dict[str, Any]:
+        """``downtime_ms`` is not a knob xl has: its pre-copy runs a fixed number of
+        rounds; the measured downtime comes back in the stats."""
+        from vpshost.drivers import xenmigrate
+
+        return xenmigrate.send(self, guest, target, downtime_ms, postcopy)
+
+    def migrate_finish(self, guest: Guest) -> dict[str, Any] | None:
+        from vpshost.drivers import xenmigrate
+
+        return xenmigrate.finish(self, guest)
+
+    def migrate_abort(self, guest: Guest) -> None:
+        from vpshost.drivers import xenmigrate
+
+        xenmigrate.abort(self, guest)
 
     # ------------------------------------------------------------------ snapshots
     def _snapdir(self, guest: Guest) -> Path:

@@ -21,10 +21,11 @@ The mapping from a plan to xl (see xl.cfg(5)):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpshost.errors import UsageError
+from vpshost.errors import Unsupported, UsageError
 from vpshost.models import Guest
 
 MODES = ("pv", "pvh", "hvm")
@@ -46,6 +47,26 @@ def mode_of(guest: Guest) -> str:
     if mode not in MODES:
         raise UsageError(f"unknown Xen mode '{mode}'", f"choose one of {', '.join(MODES)}")
     return mode
+
+
+def parse_xl_info(text: str) -> dict[str, str]:
+    """``xl info`` output as a dict (``key : value`` lines)."""
+    return dict(re.findall(r"^(\w+)\s*:\s*(.*?)\s*$", text, re.MULTILINE))
+
+
+def host_modes(virt_caps: str) -> list[str]:
+    """The modes a host can run, from ``xl info``'s ``virt_caps``: PV always; PVH and
+    HVM both run in a hardware-virtualized container, so they need ``hvm``."""
+    return ["pv", "pvh", "hvm"] if "hvm" in virt_caps.split() else ["pv"]
+
+
+def check_mode(mode: str, virt_caps: str) -> None:
+    """Refuse a mode the host cannot run, saying what ``xl info`` showed."""
+    if mode not in host_modes(virt_caps):
+        raise Unsupported("xen", f"{mode} guests on this host: `xl info` shows virt_caps "
+                          f"'{virt_caps.strip() or '(none)'}', without 'hvm' (the CPU, or "
+                          "the hypervisor under a nested host, exposes no VT-x/AMD-V)",
+                          "use --mode pv")
 
 
 def xen_weight(plan_weight: int) -> int:
@@ -94,18 +115,19 @@ def render(guest: Guest, disk: Path, disk_format: str, boot: BootFiles,
         lines.append(f"vif = [ {_q(vif)} ]")
     else:
         lines.append("vif = [ ]")
-    if mode in ("pv", "pvh"):
-        if boot.kernel is None:
-            raise UsageError(f"Xen {mode} guests need a kernel",
-                             "use a kernel-boot image such as 'tiny', or --mode hvm")
+    if mode in ("pv", "pvh") and boot.kernel is None:
+        raise UsageError(f"Xen {mode} guests need a kernel",
+                         "use a kernel-boot image such as 'tiny', or --mode hvm")
+    if boot.kernel is not None:
+        # HVM too: QEMU's direct kernel boot (qemu-xen device model) when given one
         lines.append(f"kernel = {_q(str(boot.kernel))}")
         if boot.ramdisk:
             lines.append(f"ramdisk = {_q(str(boot.ramdisk))}")
         lines.append(f"cmdline = {_q(boot.cmdline)}")
-    else:
+    if mode == "hvm":
         lines += ["boot = \"c\"", "serial = \"pty\"", "vga = \"none\"", "vnc = 0",
                   "sdl = 0"]
-    if agent_socket is not None and mode in ("pv", "pvh"):
+    if agent_socket is not None:
         # xl gives the first channel devid 0, which libxl refuses ("Primary console has
         # invalid configuration", Xen 4.17): a placeholder takes that slot, so the
         # agent's channel is console 1, /dev/hvc1 in the guest.
