@@ -30,13 +30,31 @@ POLL_S = 0.5  # how often a live move's progress is polled from the source
 ABORT_GRACE_S = 120.0  # after an interrupt: how long the send gets to undo itself
 
 
-def _method(svc: Service, host: str, drv: Driver, name: str) -> Callable[..., Any]:
+# What the newer steps do when a host's agent predates them (a rolling upgrade, a lab
+# host booted from an older tree): nothing to check, no progress, the old revert.
+_BEFORE_AGENT_KNEW: dict[str, Callable[[Driver, Guest], Any]] = {
+    "migrate_check": lambda _drv, _guest: None,
+    "migrate_progress": lambda _drv, _guest: {},
+    "migrate_revert": Driver.migrate_revert,  # power and resume, through the agent
+}
+
+
+def _method(svc: Service, host: str, drv: Driver, name: str) -> Callable[[Guest], Any]:
     """A driver method on ``host``. RemoteDriver forwards the original protocol steps
     only, so the newer ones (check, progress, revert) go to the agent by name."""
     if host == svc.host:
         return getattr(drv, name)  # type: ignore[no-any-return]
     agent = svc.agent(host)
-    return lambda guest, **args: agent.call(drv.type, name, guest, **args)
+
+    def call(guest: Guest) -> Any:
+        try:
+            return agent.call(drv.type, name, guest)
+        except UsageError as exc:
+            if f"agent method '{name}' is not allowed" not in exc.message:
+                raise
+            return _BEFORE_AGENT_KNEW[name](drv, guest)
+
+    return call
 
 def _read(svc: Service, host: str, guest: Guest, filename: str) -> Iterator[bytes]:
     """The file as it travels: zlib-compressed (agents send it so; see protocol)."""
