@@ -10,6 +10,7 @@ from the source host and handed to the caller as data.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,7 @@ from vpshost.models import Guest
 if TYPE_CHECKING:
     from vpshost.service.base import ServiceBase as Service
 
+log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often a live move's progress is polled from the source
 ABORT_GRACE_S = 120.0  # after an interrupt: how long the send gets to undo itself
 
@@ -171,7 +173,10 @@ def _send_watched(svc: Service, source: str, guest: Guest, src: Driver, dst: Dri
             return  # progress is for show: a missed sample is no reason to fail
         if now and now.get("seq") not in seen:
             seen.append(now.get("seq"))
-            sample(now)
+            try:
+                sample(now)
+            except Exception:  # a display's bug must not abort a half-done move
+                log.exception("the progress callback failed")
 
     pool = ThreadPoolExecutor(1, thread_name_prefix=f"send-{guest.name}")
     job: Future[dict[str, Any]] = pool.submit(src.migrate_send, guest, incoming,
