@@ -97,7 +97,9 @@ class MigrateView:
                                soft_wrap=True)
 
     def _rate(self, sample: dict[str, Any]) -> float | None:
-        """Bytes per second sent since the previous sample."""
+        """Bytes per second sent since the previous sample; the average when done."""
+        if sample.get("phase") == "done" and sample.get("elapsed_s"):
+            return float(sample.get("transferred_bytes", 0)) / float(sample["elapsed_s"])
         dt = float(sample.get("time", 0.0)) - float(self.prev.get("time", 0.0))
         if not self.prev or dt <= 0 or "transferred_bytes" not in sample:
             return None
