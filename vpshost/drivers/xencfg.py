@@ -12,8 +12,11 @@ The mapping from a plan to xl (see xl.cfg(5)):
 - one ``vif`` on ``guest.net.bridge`` with the guest's MAC;
 - one disk, ``xvda``: a raw file through blkback (``backendtype=phy``: a loop device
   in dom0), a qcow2 file through QEMU's qdisk backend;
-- PV/PVH: ``kernel``/``ramdisk``/``cmdline`` with the ``vps.ip=``/``vps.gw=``/
-  ``vps.hostname=`` arguments the tiny init reads (the same the vm driver passes);
+- ``kernel``/``ramdisk``/``cmdline`` with the ``vps.ip=``/``vps.gw=``/
+  ``vps.hostname=`` arguments the tiny init reads (the same the vm driver passes):
+  PV and PVH always, HVM when the image is a kernel-boot one (QEMU's direct kernel
+  boot); HVM without a kernel boots the disk (``boot="c"``);
+- PVH and HVM need ``hvm`` in ``xl info``'s ``virt_caps`` (``check_mode``);
 - a PV channel named ``vpshost.agent`` on a unix socket (QEMU serves it in dom0; the
   guest sees it as /dev/hvc1), carrying the tiny exec agent's line protocol;
 - ``on_poweroff=destroy``, ``on_reboot=restart``, ``on_crash=destroy``.

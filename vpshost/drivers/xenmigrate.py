@@ -497,9 +497,7 @@ def send(drv: XenDriver, guest: Guest, target: dict[str, Any], downtime_ms: int,
     finally:
         watch.stop()
     xl_s = time.monotonic() - t_xl
-    info: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        info = json.loads((guest.dir / RELAY_INFO).read_text())
+    info = _relay_info(guest, wait=5.0 if res.ok else 1.0)
     if not res.ok or "Migration successful" not in res.stderr + res.stdout:
         _recover(guest)
         why = info.get("error") or (res.stderr or res.stdout).strip()[-600:]
@@ -519,28 +517,64 @@ def send(drv: XenDriver, guest: Guest, target: dict[str, Any], downtime_ms: int,
     return stats
 
 
+def _relay_info(guest: Guest, wait: float) -> dict[str, Any]:
+    """What the relay noted (it may still be writing when xl has returned)."""
+    end = time.monotonic() + wait
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            info: dict[str, Any] = json.loads((guest.dir / RELAY_INFO).read_text())
+            if "reported_at" in info or "error" in info or time.monotonic() > end:
+                return info
+        if time.monotonic() > end:
+            return {}
+        time.sleep(0.05)
+
+
 class _SuspendWatch(threading.Thread):
-    """Notes when the source domain stops running (polls ``xl list``)."""
+    """Notes when the source domain stops running. xenstored fires ``@releaseDomain``
+    when a domain shuts down, suspension included (libxl waits on the same watch), so
+    ``xl list`` is asked only then, not polled: dom0 has one vCPU to migrate with."""
 
     def __init__(self, name: str) -> None:
         super().__init__(daemon=True)
-        self.name_ = name
+        self.dom_name = name
         self.suspended_at: float | None = None
         self._halt = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
 
-    def run(self) -> None:
+    def _suspended(self) -> bool:
         from vpshost.drivers import xen as xen_mod
 
-        while not self._halt.wait(0.2):
-            doms = xen_mod.xl_list()
-            dom = doms.get(self.name_)
-            if dom is None or dom["state"].ljust(6, "-")[3] == "s":
-                self.suspended_at = time.time()
+        dom = xen_mod.xl_list().get(self.dom_name)
+        return dom is None or dom["state"].ljust(6, "-")[3] == "s"
+
+    def run(self) -> None:
+        if shutil.which("xenstore-watch"):
+            self._proc = subprocess.Popen(["xenstore-watch", "@releaseDomain"],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True)
+            assert self._proc.stdout is not None
+            for _line in self._proc.stdout:
+                at = time.time()
+                if self._halt.is_set():
+                    return
+                if self._suspended():
+                    self.suspended_at = at
+                    return
+            return
+        while not self._halt.wait(0.5):
+            at = time.time()
+            if self._suspended():
+                self.suspended_at = at
                 return
 
     def stop(self) -> None:
         self._halt.set()
-        self.join(timeout=5)
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+            self._proc.wait(timeout=10)
+        self.join(timeout=10)
 
 
 def _recover(guest: Guest) -> None:
@@ -568,7 +602,9 @@ def relay(host: str, port: str, token: str, guest_dir: str) -> None:
     info: dict[str, Any] = {"started_at": time.time()}
 
     def save() -> None:
-        (d / RELAY_INFO).write_text(json.dumps(info))
+        tmp = d / (RELAY_INFO + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.rename(d / RELAY_INFO)
 
     try:
         sock = socket.create_connection((host, int(port)), timeout=30)
@@ -609,11 +645,14 @@ def relay(host: str, port: str, token: str, guest_dir: str) -> None:
                     save()
                     os._exit(1)  # closing the stream makes xl resume at the sender
                 info["synced_at"] = time.time()
-            _write_all(1, chunk)
+            with contextlib.suppress(OSError):  # xl gone: nothing left to tell it
+                _write_all(1, chunk)
         if gate.report is not None and "reported_at" not in info:
             info["reported_at"] = time.time()
             info["report"] = gate.report
-    _write_all(1, gate.flush())
+            save()  # xl exits right after reading the report: send reads this then
+    with contextlib.suppress(OSError):
+        _write_all(1, gate.flush())
     save()
 
 
