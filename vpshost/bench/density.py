@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from vpshost.bench.guests import BenchEnv
+from vpshost.bench.guests import BenchEnv, why
 from vpshost.models import Plan
 
 
@@ -59,9 +59,9 @@ def run(env: BenchEnv, kind: str, max_guests: int, plan: Plan, settle_s: float,
         progress(f"density: {kind} guest {i + 1}/{max_guests}")
         try:
             names.append(env.create(kind, plan, prefix="d").name)
-        except Exception:
+        except Exception as exc:
             failures += 1
-            stop_reason = "a guest failed to start"
+            stop_reason = f"guest {i + 1} failed to start: {why(exc)}"
             break
     time.sleep(settle_s)
     after = _used_mb()

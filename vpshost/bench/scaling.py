@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vpshost.bench.guests import ELAPSED, TIMER, BenchEnv, Place, elapsed
+from vpshost.bench.guests import ELAPSED, TIMER, BenchEnv, Place, elapsed, why
 from vpshost.bench.overhead import cpu_job
 from vpshost.models import Plan
 
@@ -35,6 +35,7 @@ def run(env: BenchEnv, kind: str, counts: list[int], mib: int, plan: Plan,
     rows: list[dict[str, Any]] = []
     guests: list[Place] = []
     create_failed = 0
+    create_error = ""
     for n in counts:
         if kind == "native" and native is not None:
             places = [native] * n
@@ -43,13 +44,15 @@ def run(env: BenchEnv, kind: str, counts: list[int], mib: int, plan: Plan,
                 progress(f"scaling: {kind}, starting guest {len(guests) + 1}/{n}")
                 try:
                     guests.append(env.create(kind, plan, prefix="s"))
-                except Exception:
+                except Exception as exc:
                     create_failed += 1
+                    create_error = f"guest {len(guests) + 1} failed to start: {why(exc)}"
                     break
             places = guests[:n]
         if len(places) < n:
             rows.append({"guests": n, "total_mibps": 0.0, "wall_s": None,
-                         "failures": n - len(places) + create_failed})
+                         "failures": n - len(places) + create_failed,
+                         "error": create_error})
             break
         progress(f"scaling: {kind} x {n}")
         wall, failed = _round(env, places, mib, timeout=max(120, 60 * n))

@@ -31,7 +31,7 @@ QUICK: dict[str, Any] = {
             "startup_reps": 1},
 }
 FULL: dict[str, Any] = {
-    "mode": "full", "expected_min": 45,
+    "mode": "full", "expected_min": 25,
     "overhead": {"reps": 3, "cpu_mib": 64, "mem_mib": 1024, "disk_mib": 32,
                  "net_mib": 512, "pings": 30, "fio_mb": 256, "fio_s": 10, "target_s": 3.0},
     "isolation": {"seconds": 15, "rate": 20, "plan_mb": 128},
@@ -103,7 +103,7 @@ def run_suite(mode: str = "quick", types: list[str] | None = None,
               out_dir: Path | None = None, progress: Any = print) -> dict[str, Any]:
     """Run every section for every type; write results.json, report.md and plots."""
     from vpshost.bench import density, isolation, labcompare, overhead, scaling, startup
-    from vpshost.bench.guests import bench_env, native
+    from vpshost.bench.guests import BENCH_VCPU_RATIO, bench_env, native
     from vpshost.bench.report import write_all
     from vpshost.config import load
 
@@ -112,7 +112,7 @@ def run_suite(mode: str = "quick", types: list[str] | None = None,
     lab_cfg = load()
     lab_missing = labcompare.missing_reason(lab_cfg)
     t_start = time.monotonic()
-    result: dict[str, Any] = {"mode": mode, "params": q,
+    result: dict[str, Any] = {"mode": mode, "params": q, "bench_vcpu_ratio": BENCH_VCPU_RATIO,
                               "started": datetime.now(UTC).isoformat(timespec="seconds")}
     with bench_env() as env:
         for kind in ("container", "vm"):
