@@ -318,6 +318,15 @@ def test_file_then_environment(clean_env: pytest.MonkeyPatch, tmp_path: Path) ->
     assert cfg.database_url == "sqlite:////tmp/x.db"
 
 
+@pytest.mark.parametrize(("word", "value"), [("false", False), ("0", False), ("no", False),
+                                             ("true", True), ("on", True), ("YES", True)])
+def test_switches_from_strings_read_the_word(clean_env: pytest.MonkeyPatch, tmp_path: Path,
+                                             word: str, value: bool) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(f'[network]\nnat = "{word}"\n')
+    assert config_mod.load(f).network.nat is value  # bool("false") would be True
+
+
 def test_config_file_from_vps_config(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
     f.write_text('[server]\nurl = "http://127.0.0.1:9"\n')
@@ -330,6 +339,8 @@ def test_config_file_from_vps_config(clean_env: pytest.MonkeyPatch, tmp_path: Pa
     ("[network]\nbogus = 1\n", "unknown setting 'network.bogus'"),
     ("network = 5\n", "must be a [section]"),
     ("[network\n", "not valid TOML"),
+    ("[network]\nnat = \"maybe\"\n", "'network.nat' = 'maybe' is not a valid bool"),
+    ("[container]\nstop_timeout = \"soon\"\n", "'container.stop_timeout' = 'soon'"),
 ])
 def test_bad_config_files(clean_env: pytest.MonkeyPatch, tmp_path: Path, text: str,
                           needle: str) -> None:

@@ -169,7 +169,29 @@ def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
         elif isinstance(current, Path):
             setattr(obj, key, Path(value))
         else:
-            setattr(obj, key, type(current)(value))
+            setattr(obj, key, _coerce(current, value, f"{where}{key}"))
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def _coerce(current: Any, value: Any, name: str) -> Any:
+    """``value`` (from TOML or an environment string) as the setting's own type."""
+    kind = type(current)
+    if kind is bool and isinstance(value, str):
+        # bool("false") is True: read the words instead
+        word = value.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+    elif kind is bool and isinstance(value, bool):
+        return value
+    elif kind is not bool:
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    raise UsageError(f"setting '{name}' = {value!r} is not a valid {kind.__name__}",
+                     "true/false for switches, numbers for sizes and ratios")
 
 
 def load(path: Path | None = None) -> Config:

@@ -73,7 +73,7 @@ class ServiceBase:
             h = s.scalar(select(Host).where(Host.name == host))
             if h is None:
                 raise NotFound(f"no host named '{host}'", "see `vps host list`")
-            return AgentClient(h.name, h.url, h.secret)
+            return AgentClient(h.name, h.url, h.secret, pki_dir=self.config.pki_dir)
 
     @property
     def addresses(self) -> Any:
