@@ -221,6 +221,15 @@ def test_ready_gate_holds_the_ready_message_even_split() -> None:
         assert gate.report == 0
 
 
+def test_ready_gate_forwards_what_cannot_be_the_message_at_once() -> None:
+    banner = b"xl migration receiver ready, send binary domain data.\n"
+    gate = xenmigrate.ReadyGate()
+    # xl waits for the whole banner before it sends anything: none of it may be held
+    assert list(gate.feed(banner)) == [("data", banner)]
+    assert list(gate.feed(b"xx" + xenmigrate.READY[:5])) == [("data", b"xx")]
+    assert list(gate.feed(xenmigrate.READY[5:])) == [("ready", xenmigrate.READY)]
+
+
 def test_ready_gate_reports_failure_status() -> None:
     _out, gate = _gate_run([xenmigrate.READY, xenmigrate.REPORT, b"\x03"])
     assert gate.report == 3

@@ -117,9 +117,12 @@ class ReadyGate:
                 self._note_report(rest)
                 yield "data", rest
             return
-        keep = len(READY) - 1  # a prefix of the message may be at the end
-        if len(self.buf) > keep:
-            out, self.buf = self.buf[:-keep], self.buf[-keep:]
+        # hold back only what may be the start of the message: xl waits for the
+        # banner before it sends anything, so nothing else may be held
+        keep = next((k for k in range(min(len(self.buf), len(READY) - 1), 0, -1)
+                     if self.buf.endswith(READY[:k])), 0)
+        out, self.buf = self.buf[:len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        if out:
             yield "data", out
 
     def flush(self) -> bytes:
@@ -590,7 +593,7 @@ def _recover(guest: Guest) -> None:
     dom = doms.get(guest.name)
     if dom is not None and dom["state"].ljust(6, "-")[2] == "p":
         xen_mod.xl("unpause", guest.name, timeout=30, check=False)
-    for f in (BLOCKS, TARGET_CFG):
+    for f in (BLOCKS, TARGET_CFG, RELAY_INFO):
         with contextlib.suppress(FileNotFoundError):
             (guest.dir / f).unlink()
 
