@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,24 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.apiserver import serving
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); "
     "the Makefile installs it for `make test`")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[dict[str, Any]]:
     """A real uvicorn in a thread over a Service with its own store."""
-    import uvicorn
-
-    from vpshost.api import create_app
     from vpshost.config import Config
     from vpshost.service import Service
     from vpshost.store.schema import Instance
@@ -50,20 +40,10 @@ def server() -> Iterator[dict[str, Any]]:
                        image="busybox", ip="10.240.0.9", vcpus=2, memory_mb=512, swap_mb=0,
                        disk_mb=2048))
     token = svc.token_create("alice")
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(svc), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
     try:
-        yield {"url": f"http://127.0.0.1:{port}", "token": token}
+        with serving(svc) as url:
+            yield {"url": url, "token": token}
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
         shutil.rmtree(state, ignore_errors=True)
 
 

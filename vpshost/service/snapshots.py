@@ -66,7 +66,8 @@ class SnapshotsMixin(ServiceBase):
         state = State.RUNNING if power is Power.RUNNING else (
             State.PAUSED if power is Power.PAUSED else State.STOPPED)
         self._set_state(row.id, state)
-        self.record(name, "restored", f"snapshot {snap} (memory: {sn.with_memory})")
+        self.record(name, "restored", f"snapshot {snap} ("
+                    + ("disk and memory)" if sn.with_memory else "disk only)"))
         return self.show(name, caller)
 
     def delete_snapshot(self, name: str, snap: str, caller: Caller = LOCAL_ADMIN) -> None:
