@@ -187,7 +187,12 @@ class Client:
 
 
 def test_live_migration_keeps_connection_counter_and_address(
-        cluster: dict[str, Any]) -> None:
+        cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpshost.cluster import migration
+
+    # this small VM's send takes well under a second here (a sub-second mirror and RAM
+    # copy): poll its progress every 0.1 s instead of 0.5 s to see several samples
+    monkeypatch.setattr(migration, "POLL_S", 0.1)
     svc, hosts = cluster["svc"], cluster["hosts"]
     inst = _vm(svc, "mig-live", "h0")
     ip = inst["ip"]

@@ -70,7 +70,7 @@ BASE_FILE = "base.qcow2"  # a VM's own copy of its base, after a cold move
 SENTINEL = "migrate.sentinel"  # pid of the sentinel, in the guest dir
 DONE = "migrate.done"  # written by finish: the sentinel stands down
 INCOMING = "migrate.incoming.json"  # the guest, for the sentinel's cleanup
-RECORD_S = 0.2  # the send records its progress at most this often (and at each phase)
+RECORD_S = 0.1  # the send records its progress at most this often (and at each phase)
 
 
 def _paths(guest: Guest) -> VmPaths:
