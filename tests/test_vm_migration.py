@@ -246,6 +246,17 @@ def test_live_migration_keeps_connection_counter_and_address(
         info = hosts[1].run("qemu-img", "info", "-U", str(
             hosts[1].state_dir / "guests" / "mig-live" / "disk.qcow2")).stdout
         assert "backing file" not in info
+        # and back with the real CLI: its progress comes as plain lines (no terminal)
+        r = subprocess.run([cluster_env.VPS, "migrate", "mig-live", "--to", "h0", "--live"],
+                           capture_output=True, text=True, timeout=300)
+        print(r.stderr)
+        assert r.returncode == 0, r.stderr
+        assert any(line.startswith("done ") and "100.0%" in line
+                   for line in r.stderr.splitlines()), r.stderr
+        assert "mig-live: now on h0 (live;" in r.stdout
+        assert svc.show("mig-live")["host"] == "h0"
+        n = len(client.ticks())
+        assert _wait(lambda: len(client.ticks()) >= n + 5, 30) and not client.closed
     finally:
         client.close()
         svc.delete("mig-live", force=True)
