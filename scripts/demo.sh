@@ -8,6 +8,9 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 step "this host"
 vps host info
 
+step "the store against what this host really runs"
+vps reconcile
+
 step "images (built once, then cached in /var/cache/vpshost)"
 vps image build busybox
 vps image build debian-12

@@ -311,3 +311,37 @@ def test_kill9_during_create_is_cleaned_up(vps_env: Env) -> None:
            f"{address}" in r.stderr
     assert_nothing_left(vps_env, name)
     assert next_address(vps_env) == address
+
+
+def test_a_container_killed_outside_vpshost_is_reported_by_exec(vps_env: Env) -> None:
+    """A guest that died behind vpshost's back: exec says so plainly (not lxc-attach's
+    'Failed to get init pid') and the store is fixed on the spot."""
+    from vpshost.host import boot
+
+    boot.mark(vps_env.state_dir)  # no reboot: the CLI's start-up check stays cheap
+    name = vps_env.create(memory_mb=64)
+    vps_env.lxc("stop", name, "-k")
+    r = vps_env.cli("exec", name, "--", "true")
+    assert r.returncode == 2, (r.returncode, r.stderr)  # a conflict with its state
+    assert f"'{name}' is not running" in r.stderr and f"vps start {name}" in r.stderr
+    assert "init pid" not in r.stderr
+    row = vps_env.row(name)
+    assert row is not None and row["state"] == "stopped"
+    assert vps_env.cli("start", name).returncode == 0
+    assert vps_env.ok(name, "echo back").strip() == "back"
+
+
+def test_after_a_reboot_every_guest_is_checked(vps_env: Env) -> None:
+    """A new boot id makes the next start of vpshost compare every row with the host,
+    not just the ones a crashed operation left in a transient state."""
+    from vpshost.host import boot
+    from vpshost.service import Service
+
+    name = vps_env.create(memory_mb=64)
+    vps_env.lxc("stop", name, "-k")  # what a reboot does to it
+    (vps_env.state_dir / boot.MARKER).write_text("an-earlier-boot\n")
+    fixed = Service(vps_env.config).reconcile()
+    assert any(m.startswith(f"{name}: was running in the store") for m in fixed), fixed
+    assert (vps_env.state_dir / boot.MARKER).read_text().strip() == boot.current()
+    assert vps_env.row(name)["state"] == "stopped"  # type: ignore[index]
+    assert not boot.changed(vps_env.state_dir)

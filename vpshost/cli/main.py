@@ -190,7 +190,7 @@ def list_cmd(as_json: Json = False) -> None:
     if not cfg.server.url:
         from vpshost.store.fastread import list_instances
 
-        rows = list_instances(cfg.database_url)
+        rows = list_instances(cfg.database_url, state_dir=cfg.state_dir)
     show_or_json(backend().list() if rows is None else rows, as_json)
 
 

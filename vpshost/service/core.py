@@ -18,7 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from vpshost import states
-from vpshost.drivers.base import ExecResult, Progress, no_progress
+from vpshost.drivers.base import ExecResult, Power, Progress, no_progress
 from vpshost.errors import Conflict, NotFound, UsageError
 from vpshost.host.addresses import mac_for
 from vpshost.models import Guest, Plan, check_name, check_type
@@ -223,7 +223,15 @@ class Service(HostsMixin, SnapshotsMixin, PortsMixin, OperationsMixin, Reconcile
         with self.db.session() as s:
             row = self._row(s, name, caller)
         states.check("exec", row.state, name)
-        return self.driver_for(row.host, row.type).exec(self.guest(row), argv, timeout)
+        drv = self.driver_for(row.host, row.type)
+        res = drv.exec(self.guest(row), argv, timeout)
+        if res.returncode != 0 and drv.power(self.guest(row)) is not Power.RUNNING:
+            # it stopped behind vpshost's back (killed, host restarted): say so, fix the row
+            self._reconcile_one(row)
+            now = self.view(name, caller)["state"]
+            raise Conflict(f"'{name}' is not running on host {row.host} (it stopped outside "
+                           f"vpshost); the store now says {now}", f"vps start {name}")
+        return res
 
     def console_argv(self, name: str, caller: Caller = LOCAL_ADMIN) -> builtins.list[str]:
         with self.db.session() as s:

@@ -13,6 +13,7 @@ from sqlalchemy import delete, select, update
 from vpshost import states
 from vpshost.drivers.base import Power, no_progress
 from vpshost.errors import VpsError
+from vpshost.host import boot
 from vpshost.service.base import ServiceBase
 from vpshost.states import State
 from vpshost.store.schema import (
@@ -36,6 +37,8 @@ class ReconcileMixin(ServiceBase):
         machine's: run one control plane per store (several on one machine are fine).
         """
         fixed: builtins.list[str] = []
+        after_boot = boot.changed(self.config.state_dir)
+        all_instances = all_instances or after_boot  # every local guest stopped then
         with self.db.session() as s:
             rows = list(s.scalars(select(Instance)))
             s.execute(update(Operation).where(Operation.status == "running").values(
@@ -63,6 +66,8 @@ class ReconcileMixin(ServiceBase):
                               "left alone (remove it by hand if it is not yours)"
                         fixed.append(msg)
                         report(msg)
+        if after_boot:
+            boot.mark(self.config.state_dir)
         return fixed
 
     def _reconcile_one(self, row: Instance) -> str | None:

@@ -12,9 +12,11 @@ import json
 import os
 import sqlite3
 from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from vpshost.host import boot
 from vpshost.states import TRANSIENT
 from vpshost.store.db_head import HEAD
 
@@ -31,9 +33,12 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def list_instances(url: str, tenant: str | None = None) -> list[dict[str, Any]] | None:
+def list_instances(url: str, tenant: str | None = None,
+                   state_dir: Path | None = None) -> list[dict[str, Any]] | None:
     if not url.startswith("sqlite:///"):
         return None
+    if state_dir is not None and boot.changed(state_dir):
+        return None  # the host rebooted: the full path checks every guest first
     path = url.removeprefix("sqlite:///")
     if not os.path.exists(path):
         return None
