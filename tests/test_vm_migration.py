@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -255,6 +257,15 @@ def test_live_migration_keeps_connection_counter_and_address(
                    for line in r.stderr.splitlines()), r.stderr
         assert "mig-live: now on h0 (live;" in r.stdout
         assert svc.show("mig-live")["host"] == "h0"
+        # once more on a terminal (a pty from script(1)): the Rich progress bar
+        cmd = shlex.join([cluster_env.VPS, "migrate", "mig-live", "--to", "h1", "--live"])
+        r = subprocess.run(["script", "-qefc", cmd, "/dev/null"], capture_output=True,
+                           text=True, timeout=300, env=dict(os.environ, COLUMNS="150"))
+        assert r.returncode == 0, r.stdout
+        screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", r.stdout)  # colours, cursor moves
+        print("\n".join(screen.replace("\r", "\n").splitlines()[-2:]))
+        assert "━" in screen and re.search(r"done\s+━+\s+100%\s+sent", screen), screen
+        assert "mig-live: now on h1 (live;" in screen
         n = len(client.ticks())
         assert _wait(lambda: len(client.ticks()) >= n + 5, 30) and not client.closed
     finally:
