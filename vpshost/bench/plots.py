@@ -105,12 +105,15 @@ def scaling(r: dict[str, Any], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for t, series in r["scaling"].items():
-        xs = [s["guests"] for s in series]
-        ys = [s["total_mibps"] for s in series]
-        ax.plot(xs, ys, marker="o", color=COLORS.get(t), label=r["labels"].get(t, t))
+        ran = [s for s in series if s["total_mibps"] > 0]  # log scale: no zeros
+        ax.plot([s["guests"] for s in ran], [s["total_mibps"] for s in ran], marker="o",
+                color=COLORS.get(t), label=r["labels"].get(t, t))
         for s in series:
-            if s["failures"]:
-                ax.annotate(f"{s['failures']} failed", (s["guests"], s["total_mibps"]),
+            if s["failures"] and ran:
+                # a round that did not run is marked at the last height that did
+                y = s["total_mibps"] if s["total_mibps"] > 0 else ran[-1]["total_mibps"]
+                ax.plot([s["guests"]], [y], marker="x", color=COLORS.get(t))
+                ax.annotate(f"{s['failures']} failed", (s["guests"], y),
                             fontsize=7, textcoords="offset points", xytext=(3, 5))
     ax.set_xscale("log", base=2)
     xs_all = sorted({s["guests"] for v in r["scaling"].values() for s in v})

@@ -35,7 +35,7 @@ FULL: dict[str, Any] = {
     "overhead": {"reps": 3, "cpu_mib": 64, "mem_mib": 1024, "disk_mib": 32,
                  "net_mib": 512, "pings": 30, "fio_mb": 256, "fio_s": 10, "target_s": 3.0},
     "isolation": {"seconds": 15, "rate": 20, "plan_mb": 128},
-    "scaling": {"counts": [1, 2, 4, 8, 16, 32], "mib": 64},
+    "scaling": {"counts": [1, 2, 4, 8, 16, 32], "mib": 512},
     "density": {"container": 100, "vm": 24, "settle_s": 15},
     "startup": {"reps": 5},
     "lab": {"reps": 3, "cpu_mib": 16, "mem_mib": 256, "counts": [1, 2, 4], "plan_mb": 96,
