@@ -290,3 +290,18 @@ def fcntl_punch(fd: int, offset: int, length: int) -> None:
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     if libc.fallocate(fd, 0x02 | 0x01, offset, length) != 0:
         pytest.skip("no hole punching on this file system")
+
+
+def test_rdtscp_hidden_only_for_hvm_containers_under_tcg() -> None:
+    tcg = "QEMU TCG CPU version 2.5+"
+    assert xencfg.default_cpuid("pvh", tcg) == "host,rdtscp=0"
+    assert xencfg.default_cpuid("hvm", tcg) == "host,rdtscp=0"
+    assert xencfg.default_cpuid("pv", tcg) is None
+    assert xencfg.default_cpuid("pvh", "AMD EPYC 7763 64-Core Processor") is None
+    g = guest(options={"mode": "pvh"})
+    assert parse(xencfg.render(g, Path("/d"), "raw", BOOT, None,
+                               "host,rdtscp=0"))["cpuid"] == '"host,rdtscp=0"'
+    assert "cpuid" not in parse(xencfg.render(g, Path("/d"), "raw", BOOT))
+    mine = guest(options={"mode": "pvh", "cpuid": "host,avx=0"})
+    assert parse(xencfg.render(mine, Path("/d"), "raw", BOOT, None,
+                               "host,rdtscp=0"))["cpuid"] == '"host,avx=0"'

@@ -51,6 +51,8 @@ OPTIONS = {
     "maxmem_mb": "balloon ceiling in MiB (default: the plan's memory)",
     "boot_timeout": "seconds start() waits for the guest agent (0: do not wait)",
     "append": "extra kernel arguments (PV/PVH)",
+    "cpuid": "xl cpuid policy, e.g. host,rdtscp=0 (default: none; rdtscp hidden from "
+             "PVH/HVM guests when Xen itself runs under QEMU TCG)",
 }
 
 XEN_TINY_INIT = r"""#!/bin/sh
@@ -181,6 +183,14 @@ def xen_tiny_boot(cfg: Config, progress: Progress = no_progress) -> tuple[Path, 
     return d / "vmlinuz", d / "initrd.img"
 
 
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return ""
+
+
 # ------------------------------------------------------------------ xl
 def xl(*args: str, timeout: float = 120.0, check: bool = True) -> runner.Result:
     return runner.run([XL, *args], timeout=timeout, check=check)
@@ -298,7 +308,8 @@ class XenDriver(Driver):
     def render(self, guest: Guest) -> str:
         disk, fmt = self._disk(guest)
         agent = guest.dir / "agent.sock" if guest.image == "tiny" else None
-        return xencfg.render(guest, disk, fmt, self._boot(guest), agent)
+        return xencfg.render(guest, disk, fmt, self._boot(guest), agent,
+                             xencfg.default_cpuid(xencfg.mode_of(guest), _cpu_model()))
 
     # ------------------------------------------------------------------ lifecycle
     def create(self, guest: Guest, progress: Progress = no_progress) -> None:

@@ -72,6 +72,23 @@ def check_mode(mode: str, virt_caps: str) -> None:
                           "use --mode pv")
 
 
+# QEMU's TCG reports an RDTSCP a guest runs as an RDTSC exit to the hypervisor nested in
+# it; Xen (which intercepts RDTSC for HVM-container guests when the TSC is not
+# invariant) then finds a different instruction than the exit says, injects #UD and
+# the PVH/HVM guest's kernel crashes at its first RDTSCP. Measured in the lab:
+# "SVM Insn len emulation failed ... 0f 01 f9". Hiding RDTSCP avoids it.
+TCG_CPU_MODEL = "QEMU TCG CPU"
+TCG_CPUID = "host,rdtscp=0"
+
+
+def default_cpuid(mode: str, cpu_model: str) -> str | None:
+    """The ``cpuid`` line a guest gets unless it names one: only PVH/HVM guests on a
+    Xen that itself runs under QEMU TCG (dom0's CPU model says so)."""
+    if mode in ("pvh", "hvm") and TCG_CPU_MODEL in cpu_model:
+        return TCG_CPUID
+    return None
+
+
 def xen_weight(plan_weight: int) -> int:
     """cgroup-style 1..10000 (default 100) to credit2's 1..65535 (default 256)."""
     return max(1, min(65535, round(plan_weight * XEN_DEFAULT_WEIGHT / 100)))
@@ -95,7 +112,7 @@ def disk_spec(path: Path, fmt: str, vdev: str = "xvda") -> str:
 
 
 def render(guest: Guest, disk: Path, disk_format: str, boot: BootFiles,
-           agent_socket: Path | None = None) -> str:
+           agent_socket: Path | None = None, cpuid: str | None = None) -> str:
     """The complete xl configuration of the guest."""
     plan = guest.plan
     mode = mode_of(guest)
@@ -111,6 +128,9 @@ def render(guest: Guest, disk: Path, disk_format: str, boot: BootFiles,
         f"cap = {plan.cpu_cap_pct}",
         f"disk = [ {_q(disk_spec(disk, disk_format))} ]",
     ]
+    cpuid = str(guest.options.get("cpuid") or "") or cpuid
+    if cpuid:
+        lines.append(f"cpuid = {_q(cpuid)}")
     if guest.net:
         vif = f"mac={guest.net.mac}, bridge={guest.net.bridge}"
         if mode == "hvm":
