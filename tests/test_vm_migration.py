@@ -188,6 +188,34 @@ class Client:
             self.sock.close()
 
 
+def _api_move_reports_progress(svc: Any, name: str, to: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from vpshost.api.app import create_app
+
+    admin = {"Authorization": f"Bearer {svc.token_create('migadmin', admin=True)}"}
+    with TestClient(create_app(svc)) as api:
+        r = api.post(f"/api/v1/instances/{name}/migrate", json={"to": to, "live": True},
+                     headers=admin)
+        assert r.status_code == 202, r.text
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            op = api.get(r.json()["href"], headers=admin).json()
+            if op["status"] != "running":
+                break
+            if op["progress"]:
+                seen.append(op["progress"])
+            time.sleep(0.02)
+    assert op["status"] == "success", op
+    assert op["result"]["host"] == to and op["progress"] is None
+    assert seen, "no progress while the move ran"
+    assert {p["phase"] for p in seen} <= {"disk-mirror", "ram-precopy", "postcopy",
+                                           "completing", "done"}, seen
+    sent = [p["transferred_bytes"] for p in seen]
+    assert sent == sorted(sent) and sent[-1] > 0
+
+
 def test_live_migration_keeps_connection_counter_and_address(
         cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from vpshost.cluster import migration
@@ -266,6 +294,8 @@ def test_live_migration_keeps_connection_counter_and_address(
         print("\n".join(screen.replace("\r", "\n").splitlines()[-2:]))
         assert "━" in screen and re.search(r"done\s+━+\s+100%\s+sent", screen), screen
         assert "mig-live: now on h1 (live;" in screen
+        # and through the REST API: the running operation carries the live progress
+        _api_move_reports_progress(svc, "mig-live", "h0")
         n = len(client.ticks())
         assert _wait(lambda: len(client.ticks()) >= n + 5, 30) and not client.closed
     finally:

@@ -131,8 +131,9 @@ class Api:
         return inst
 
     def _submit(self, kind: str, name: str | None, caller: Caller,
-                work: Callable[[], dict[str, Any] | None], response: Response) -> Accepted:
-        op_id = self.service.op_begin(kind, name, caller)
+                work: Callable[[], dict[str, Any] | None], response: Response,
+                op_id: str | None = None) -> Accepted:
+        op_id = op_id or self.service.op_begin(kind, name, caller)
         self.pool.submit(self._run, op_id, work)
         href = f"{PREFIX}/operations/{op_id}"
         response.status_code = 202
@@ -246,13 +247,17 @@ class Api:
             measured downtime."""
             admin_only(who)
             self._check_state(name, who, "migrate")
+            op_id = svc.op_begin("migrate", name, who)
+
+            def report(sample: dict[str, Any]) -> None:
+                svc.op_progress(op_id, sample)
 
             def work() -> dict[str, Any]:
                 return svc.migrate(name, to=body.to, live=body.live, frozen=body.frozen,
                                    postcopy=body.postcopy, downtime_ms=body.downtime_ms,
-                                   caller=who)
+                                   caller=who, sample=report)
 
-            return self._submit("migrate", name, who, work, response)
+            return self._submit("migrate", name, who, work, response, op_id)
 
         @r.post("/instances/{name}/exec", response_model=ExecOut, tags=["instances"])
         def exec_(name: str, body: ExecBody, who: Who) -> ExecOut:
@@ -350,6 +355,8 @@ class Api:
                 info = op.pop("result") or {}
                 extra = {"detail": info.get("detail", ""),
                          "http_status": info.get("http_status", 500), "result": None}
+            elif op["status"] == "running":
+                extra = {"progress": (op.pop("result") or {}).get("progress"), "result": None}
             return OperationOut(**op, **extra)
 
         return r

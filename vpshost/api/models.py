@@ -225,5 +225,8 @@ class OperationOut(BaseModel):
                                     "error has when a route returns it directly.")
     result: dict[str, Any] | None = Field(None, description="On success: the instance "
                                           "as it is now, where there is one.")
+    progress: dict[str, Any] | None = Field(None, description="While running, where the "
+                                            "operation reports it (live moves): phase, "
+                                            "percent, bytes.")
     created_at: str
     finished_at: str | None

@@ -46,6 +46,13 @@ class OperationsMixin(ServiceBase):
                 status="failure" if error else "success", error=error, result=result,
                 finished_at=utcnow()))
 
+    def op_progress(self, op_id: str, sample: dict[str, Any]) -> None:
+        """A running operation's latest progress (a live move's sample), for pollers."""
+        with self.db.session() as s:
+            s.execute(update(Operation).where(Operation.id == op_id,
+                                               Operation.status == "running")
+                      .values(result={"progress": sample}))
+
     def op_get(self, op_id: str, caller: Caller) -> dict[str, Any]:
         with self.db.session() as s:
             op = s.get(Operation, op_id)
