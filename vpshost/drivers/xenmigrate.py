@@ -514,9 +514,14 @@ def send(drv: XenDriver, guest: Guest, target: dict[str, Any], downtime_ms: int,
         "disk_final_bytes": info.get("final_bytes"),
         "send_ms": round((time.monotonic() - t0) * 1000)}
     if watch.suspended_at and info.get("reported_at"):
-        # source clock only: first `xl list` showing the domain suspended (0.2 s polls)
-        # to the target's report that it unpaused
+        # all on the source's clock: the domain seen suspended (@releaseDomain) to the
+        # target's report that it unpaused it; split at xl's ready message (last memory
+        # round and the restore on the target) and after the final disk sync ("go",
+        # rename, unpause, report)
         stats["downtime_ms"] = round((info["reported_at"] - watch.suspended_at) * 1000)
+        stats["suspend_to_ready_ms"] = round((info["ready_at"] - watch.suspended_at)
+                                             * 1000)
+        stats["go_to_running_ms"] = round((info["reported_at"] - info["synced_at"]) * 1000)
     return stats
 
 
