@@ -123,8 +123,10 @@ def test_agent_script_uses_the_pv_channel() -> None:
     script = xen_agent_script()
     assert "/dev/hvc1" in script and "stty" in script
     assert "virtio-ports" not in script
-    assert script.count('exec 3<>"$PORT"') == 1
+    # opened at start, and again when a resume (restore, migration) replaced the device
+    assert script.count('exec 3<>"$PORT"') == 2
     assert script.index("exec 3<>") < script.index("stty raw -echo <&3")
+    assert script.rstrip().endswith("stty raw -echo <&3 2>/dev/null\ndone")
 
 
 # ---------------------------------------------------------------------- modes vs host

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 XL = "xl"
 MiB = 1024 * 1024
 _SNAP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-XEN_TINY_VERSION = 5
+XEN_TINY_VERSION = 7
 XEN_TINY_MODULES = ["xen-blkfront", "xen-netfront", "ext4", "crc32c_generic"]
 OPTIONS = {
     "mode": "pv | pvh | hvm (default pv)",
@@ -79,7 +79,7 @@ if ip link show eth0 >/dev/null 2>&1; then
 fi
 i=0; while [ $i -lt 30 ] && [ ! -b /dev/xvda ]; do sleep 0.1; i=$((i+1)); done
 if mount -t ext4 /dev/xvda /data 2>/dev/null; then echo "vpshost: data disk on /data"; fi
-/sbin/vps-agent &
+(while true; do /sbin/vps-agent; sleep 0.5; done) &
 echo "vpshost: userspace up, ip=$IP hostname=$HN"
 while true; do setsid cttyhack /bin/sh -l; done
 """
@@ -122,12 +122,34 @@ def _local_kernel() -> tuple[Path, Path] | None:
     return None
 
 
+# hvc_xen removes the console device and makes a new one when the domain resumes (after
+# xl restore or xl migrate): the agent's old descriptor then only reads EOF, and while
+# it is open the new console gets the next hvc index. So when the read loop ends the
+# agent closes the port and opens whichever hvc1..7 answers (hvc0 is the console).
+XEN_AGENT_REOPEN = """  sleep 0.3
+  exec 3<&-
+  PORT=
+  while [ -z "$PORT" ]; do
+    for n in 1 2 3 4 5 6 7; do
+      [ -z "$PORT" ] && stty -F /dev/hvc$n >/dev/null 2>&1 && PORT=/dev/hvc$n
+    done
+    [ -z "$PORT" ] && sleep 0.2
+  done
+  exec 3<>"$PORT"
+  stty raw -echo <&3 2>/dev/null
+done
+"""
+
+
 def xen_agent_script() -> str:
     from vpshost.host.vmimages import TINY_AGENT
 
     start = TINY_AGENT.index('exec 3<>"$PORT"')
     body = TINY_AGENT[TINY_AGENT.index("\n", start) + 1:]
-    return XEN_AGENT_HEAD + body
+    tail = "  sleep 0.3\ndone\n"
+    if not body.endswith(tail):
+        raise RuntimeFailure("the tiny agent's main loop changed; update xen_agent_script")
+    return XEN_AGENT_HEAD + body[:-len(tail)] + XEN_AGENT_REOPEN
 
 
 def xen_tiny_initramfs(moddir: Path) -> bytes:
