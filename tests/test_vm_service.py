@@ -85,3 +85,45 @@ def test_forcing_kvm_where_it_is_not_usable_is_refused_clearly(vps_env: Any) -> 
                       "--accel", "kvm", "--memory", "128M", "--start")
     assert out.returncode in (1, 2)
     assert "KVM" in out.stderr and "hint" in out.stderr
+
+
+def test_debian12_vm_takes_an_ssh_key_and_lets_root_in(vps_env: Any, tmp_path: Any) -> None:
+    """--ssh-key on a debian-12 VM: installed through the guest agent at start, and a
+    real ssh login from the host with that key works (and only with it)."""
+    import subprocess
+    import time
+
+    from vpshost.models import Plan
+    from vpshost.service import CreateRequest
+
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    name = vps_env.unique("deb")
+    vps_env._mine.append(name)
+    view = vps_env.service.create(CreateRequest(
+        name=name, type="vm", image="debian-12", plan=Plan(memory_mb=512, disk_mb=2048),
+        start=True, options={"ssh_keys": [(tmp_path / "k.pub").read_text()],
+                             "boot_timeout": 240}))
+    ssh = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+           "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", f"root@{view['ip']}"]
+    try:
+        out = None
+        deadline = time.monotonic() + 120  # sshd may come up after the guest agent
+        while time.monotonic() < deadline:
+            out = subprocess.run([*ssh, "-i", str(key), "hostname"], capture_output=True,
+                                 text=True, timeout=30)
+            if out.returncode == 0:
+                break
+            time.sleep(3)
+        assert out is not None and out.returncode == 0, out.stderr if out else None
+        assert out.stdout.strip() == name
+        other = tmp_path / "other"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                       check=True)
+        denied = subprocess.run([*ssh, "-i", str(other), "true"], capture_output=True,
+                                text=True, timeout=30)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        events = [e["kind"] for e in vps_env.service.show(name)["events"]]
+        assert "ssh-keys-failed" not in events
+    finally:
+        vps_env.remove(name)

@@ -106,6 +106,9 @@ def create(
         help="Container without a user namespace (root inside is root outside).")] = False,
     accel: Annotated[str, typer.Option(help="VMs: kvm or tcg; default picks.")] = "",
     mode: Annotated[str, typer.Option(help="Xen: pv, pvh or hvm.")] = "",
+    ssh_key: Annotated[list[str] | None, typer.Option(
+        help="A public key for root (a .pub file or the key itself); repeat for more.")
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start it once created.")] = False,
     as_json: Json = False,
 ) -> None:
@@ -121,11 +124,26 @@ def create(
                 io_write_bps=parse_size_mb(io_write_bps, "--io-write-bps") * 1024 * 1024,
                 io_read_iops=io_read_iops, io_write_iops=io_write_iops,
                 bandwidth_mbit=bandwidth, max_procs=pids)
-    options = {k: v for k, v in (("accel", accel), ("mode", mode)) if v}
+    options: dict[str, Any] = {k: v for k, v in (("accel", accel), ("mode", mode)) if v}
+    if ssh_key:
+        options["ssh_keys"] = [line for k in ssh_key for line in _key_text(k).splitlines()]
     req = CreateRequest(name=name, type=type, image=image, plan=plan, privileged=privileged,
                         start=start, options=options)
     data = backend().create(req, progress=progress_printer())
     show_or_json(data, as_json)
+
+
+def _key_text(given: str) -> str:
+    """--ssh-key takes a file's path or the key itself."""
+    from pathlib import Path
+
+    path = Path(given).expanduser()
+    if given.startswith(("ssh-", "ecdsa-", "sk-")) or not path.exists():
+        return given
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the SSH key file {given}: {exc.strerror}") from None
 
 
 def _power(verb: str, name: str, as_json: bool) -> None:

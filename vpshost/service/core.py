@@ -19,10 +19,10 @@ from sqlalchemy.exc import IntegrityError
 
 from vpshost import states
 from vpshost.drivers.base import ExecResult, Power, Progress, no_progress
-from vpshost.errors import Conflict, NotFound, UsageError
+from vpshost.errors import Conflict, NotFound, UsageError, VpsError
 from vpshost.host.addresses import mac_for
 from vpshost.models import Guest, Plan, check_name, check_type
-from vpshost.service import views
+from vpshost.service import sshkeys, views
 from vpshost.service.access import LOCAL_ADMIN, Caller
 from vpshost.service.hosts import HostsMixin
 from vpshost.service.operations import OperationsMixin
@@ -96,6 +96,8 @@ class Service(HostsMixin, SnapshotsMixin, PortsMixin, OperationsMixin, Reconcile
         check_name(req.name)
         check_type(req.type)
         plan = req.plan.validate()
+        if "ssh_keys" in req.options:
+            req.options["ssh_keys"] = sshkeys.check(req.options["ssh_keys"])
         self._known_image(req.type, req.image)
         self._check_capacity(plan, req.type, local=self._bound_here(req.host))
         with self.db.session() as s:
@@ -179,7 +181,22 @@ class Service(HostsMixin, SnapshotsMixin, PortsMixin, OperationsMixin, Reconcile
                 self._ensure_network(guest)
             self.driver_for(row.host, row.type).start(guest)
             self._route(row.ip, row.host)
+            if (row.options or {}).get("ssh_keys"):
+                self._install_ssh_keys(row, guest)
         return self.view(name, caller)
+
+    def _install_ssh_keys(self, row: Instance, guest: Guest) -> None:
+        """root's authorized_keys, at every start (a restored snapshot gets them back).
+        A guest that cannot take them still runs: the event log says why."""
+        keys = row.options["ssh_keys"]
+        try:
+            res = self.driver_for(row.host, row.type).exec(
+                guest, ["sh", "-c", sshkeys.install_script(keys)], 60.0)
+            problem = (res.stderr or res.stdout).strip()[-300:] if res.returncode else ""
+        except VpsError as exc:
+            problem = exc.message
+        if problem:
+            self.record(row.name, "ssh-keys-failed", f"root's SSH keys not installed: {problem}")
 
     def stop(self, name: str, caller: Caller = LOCAL_ADMIN,
              timeout: float | None = None) -> dict[str, Any]:
