@@ -63,6 +63,15 @@ def _row(page: Any, name: str) -> Any:
     return page.locator(f"#rows tr[data-name='{name}']")
 
 
+def _resize_memory(page: Any, name: str, memory: str) -> None:
+    """Open the instance's panel and submit its resize form with a new memory size."""
+    _row(page, name).get_by_role("button", name="Manage").click()
+    page.wait_for_selector(f"#detail-title:has-text('{name}: container')")
+    resize = page.locator("#resize-form")
+    resize.locator("input[name=memory]").fill(memory)
+    resize.locator("button").click()
+
+
 def _state(page: Any, name: str, state: str) -> None:
     page.wait_for_selector(f"#rows tr[data-name='{name}'] .state.{state}", timeout=90_000)
 
@@ -83,11 +92,7 @@ def test_a_container_through_its_life_in_the_page(page: Any, vps_env: Any) -> No
         assert svc.show(name)["memory_mb"] == 128
 
         # its panel; resize the memory live
-        _row(page, name).get_by_role("button", name="Manage").click()
-        page.wait_for_selector(f"#detail-title:has-text('{name}: container, running')")
-        resize = page.locator("#resize-form")
-        resize.locator("input[name=memory]").fill("192M")
-        resize.locator("button").click()
+        _resize_memory(page, name, "192M")
         page.wait_for_selector("#message:has-text('resized')")
         assert svc.show(name)["memory_mb"] == 192
         limit = vps_env.ok(name, "grep MemTotal /proc/meminfo")
@@ -153,11 +158,7 @@ def test_a_refused_resize_is_shown_and_changes_nothing(page: Any, vps_env: Any,
                                                        make_container: Any) -> None:
     name = make_container(memory_mb=64)
     page.wait_for_selector(f"#rows tr[data-name='{name}']")
-    _row(page, name).get_by_role("button", name="Manage").click()
-    page.wait_for_selector(f"#detail-title:has-text('{name}')")
-    resize = page.locator("#resize-form")
-    resize.locator("input[name=memory]").fill("12 parsecs")
-    resize.locator("button").click()
+    _resize_memory(page, name, "12 parsecs")
     page.wait_for_selector("#message.error")
     assert "memory" in page.locator("#message").inner_text()
     assert vps_env.service.show(name)["memory_mb"] == 64
