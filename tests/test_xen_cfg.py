@@ -127,6 +127,7 @@ def test_agent_script_uses_the_pv_channel() -> None:
     assert script.count('exec 3<>"$PORT"') == 2
     assert script.index("exec 3<>") < script.index("stty raw -echo <&3")
     assert script.rstrip().endswith("stty raw -echo <&3 2>/dev/null\ndone")
+    assert "sh /tmp/.agent.cmd 3>&- </dev/null" in script  # children get no port
 
 
 # ---------------------------------------------------------------------- modes vs host

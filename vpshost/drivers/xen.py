@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 XL = "xl"
 MiB = 1024 * 1024
 _SNAP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-XEN_TINY_VERSION = 7
+XEN_TINY_VERSION = 8
 XEN_TINY_MODULES = ["xen-blkfront", "xen-netfront", "ext4", "crc32c_generic"]
 OPTIONS = {
     "mode": "pv | pvh | hvm (default pv)",
@@ -125,12 +125,14 @@ def _local_kernel() -> tuple[Path, Path] | None:
 # hvc_xen removes the console device and makes a new one when the domain resumes (after
 # xl restore or xl migrate): the agent's old descriptor then only reads EOF, and while
 # it is open the new console gets the next hvc index. So when the read loop ends the
-# agent closes the port and opens whichever hvc1..7 answers (hvc0 is the console).
+# agent closes the port and opens whichever of hvc7..1 answers first (hvc0 is the
+# console). Commands it runs get no copy of the port (3>&-): a background process
+# holding the old tty would keep it open, and "answering", forever.
 XEN_AGENT_REOPEN = """  sleep 0.3
   exec 3<&-
   PORT=
   while [ -z "$PORT" ]; do
-    for n in 1 2 3 4 5 6 7; do
+    for n in 7 6 5 4 3 2 1; do
       [ -z "$PORT" ] && stty -F /dev/hvc$n >/dev/null 2>&1 && PORT=/dev/hvc$n
     done
     [ -z "$PORT" ] && sleep 0.2
@@ -147,8 +149,10 @@ def xen_agent_script() -> str:
     start = TINY_AGENT.index('exec 3<>"$PORT"')
     body = TINY_AGENT[TINY_AGENT.index("\n", start) + 1:]
     tail = "  sleep 0.3\ndone\n"
-    if not body.endswith(tail):
+    run = 'timeout "$tmo" sh /tmp/.agent.cmd </dev/null'
+    if not body.endswith(tail) or body.count(run) != 1:
         raise RuntimeFailure("the tiny agent's main loop changed; update xen_agent_script")
+    body = body.replace(run, 'timeout "$tmo" sh /tmp/.agent.cmd 3>&- </dev/null')
     return XEN_AGENT_HEAD + body[:-len(tail)] + XEN_AGENT_REOPEN
 
 
