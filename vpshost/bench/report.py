@@ -47,11 +47,13 @@ def markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
          "## Machine", "",
          f"- CPU: {m.get('cpu', '?')}, {m['cores']} cores; {m['memory_mb']} MiB RAM",
          f"- kernel {m['kernel']}, cgroup {m.get('cgroup', '?')}, LXC "
-         f"{m.get('lxc_version', '?')}, {m.get('qemu_version', 'QEMU ?')}",
+         f"{m.get('lxc_version', '?')}, QEMU {m.get('qemu_version', '?')}",
          f"- VM accelerator: **{m['vm_accel'].upper()}** ({m.get('kvm_detail', '')})",
          f"- {vm_note}", ""]
     if r.get("skipped"):
         L += ["Skipped:", ""] + [f"- {k}: {v}" for k, v in r["skipped"].items()] + [""]
+    if r.get("notes"):  # what a reader must know about this particular run
+        L += ["Notes on this run:", ""] + [f"- {n}" for n in r["notes"]] + [""]
     L += ["Method: every job is the same busybox shell job, run natively on the host and "
           "inside one guest of each type with the same plan (1 vCPU, 128 MiB). Ratios are "
           "guest / native, so 1.00 = as fast as native and lower is worse for every row "
@@ -104,9 +106,10 @@ def markdown(r: dict[str, Any], plots: dict[str, str]) -> str:
     L += ["## Scalability", "",
           f"N guests (1 vCPU each) hash {r['params']['scaling']['mib']} MiB at once; total "
           "throughput = all MiB / the slowest guest's time (guest clock). Native = N "
-          "processes on the host. Admission control's vCPU ratio is lifted for the bench "
-          f"(to {r.get('bench_vcpu_ratio', 'the configured value')}): this measures the "
-          "oversold host, not the refusal.", ""]
+          "processes on the host." + (
+              f" Admission control's vCPU ratio is lifted to {r['bench_vcpu_ratio']} for "
+              "the bench: this measures the oversold host, not the refusal."
+              if "bench_vcpu_ratio" in r else ""), ""]
     rows = []
     for k, series in r["scaling"].items():
         for s in series:
