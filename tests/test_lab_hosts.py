@@ -180,6 +180,32 @@ def test_lab_status_reports_agent(xen_host: hosts.LabHost) -> None:
     assert Path(row["serial_log"]).read_text(errors="replace").count("Xen") > 0
 
 
+def test_kvm_against_xen_at_the_same_nesting_level(xen_host: hosts.LabHost,
+                                                   kvm_host: hosts.LabHost) -> None:
+    """`vps bench lab`: a PV domain and a KVM vm from the same image, each against its
+    own lab host. Sanity only, never speed. With VPS_LAB_BENCH_OUT=DIR it runs the full
+    sizes and writes lab.json, lab.md and lab.png there (how docs/results got them)."""
+    from vpshost.bench import labcompare
+    from vpshost.bench.suite import MODES
+
+    out = os.environ.get("VPS_LAB_BENCH_OUT")
+    sizes = labcompare.SIZES if out else MODES["tiny"]["lab"]
+    r = labcompare.run(sizes, progress=print, cfg=_lab_cfg())
+    if out:
+        labcompare.write(r, Path(out))
+    print("\n".join(labcompare.markdown(r)))
+    for kind in ("xen", "kvm"):
+        side = r[kind]
+        assert side["host"] in (xen_host.name, kvm_host.name)
+        assert all(v > 0 for v in (*side["native"].values(), *side["guest"].values()))
+        assert all(0 < v < 10 for v in side["ratio"].values()), side["ratio"]
+        assert len(side["startup_s"]) == sizes["startup_reps"]
+        assert [row["guests"] for row in side["scaling"]] == sizes["counts"]
+        assert side["scaling"][0]["ran"] == 1 and side["scaling"][0]["mib_per_s"] > 0
+    # every guest the comparison made is gone again
+    assert "lc" not in lab_sh(xen_host, "xl list").stdout
+
+
 FIND_IN_EXTENTS = (
     "import os,sys\n"
     "fd=os.open(sys.argv[1],os.O_RDONLY); want=sys.argv[2].encode(); pos=0\n"
