@@ -89,7 +89,14 @@ def isolation(r: dict[str, Any], path: Path) -> None:
                 note += "\ngood guest\ndown"
             ax.text(x, y * 1.05, note, ha="center", va="bottom", fontsize=7)
     ax.set_yscale("log")
-    ax.set_ylim(0.3, hi * 4)
+    ax.set_ylim(0.5, hi * 2)
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    # plain ratios on the axis (0.5, 1, 2, 5...), not powers of ten
+    ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100) if t <= hi * 2]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.axhline(1, color="black", lw=0.8)
     ax.set_xticks([j + w * (len(kinds) - 1) / 2 for j in range(len(names))])
     ax.set_xticklabels(names)
