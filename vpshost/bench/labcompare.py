@@ -33,6 +33,7 @@ SIDES: dict[str, tuple[str, dict[str, Any]]] = {
     "xen": ("xen", {"mode": "pv"}),
     "kvm": ("vm", {"accel": "kvm", "boot_timeout": 240}),
 }
+DISK_MB = 256  # the tiny image's data disk: several guests must fit the lab host's disk
 LABELS = {"xen": "Xen 4.17 PV domain", "kvm": "KVM vm (kvm-amd)"}
 SIZES: dict[str, Any] = {"reps": 3, "cpu_mib": 16, "mem_mib": 256, "counts": [1, 2, 4],
                          "plan_mb": 96, "startup_reps": 2}
@@ -97,7 +98,8 @@ class _Side:
         self.guests.append(name)
         self.svc.create(CreateRequest(
             name=name, type=self.type, image="tiny", start=True, host=self.host.name,
-            plan=Plan(vcpus=1, memory_mb=self.sizes["plan_mb"]), options=dict(self.options)))
+            plan=Plan(vcpus=1, memory_mb=self.sizes["plan_mb"], disk_mb=DISK_MB),
+            options=dict(self.options)))
         # ready means a command runs inside, for both types
         self.svc.exec(name, ["true"], timeout=120)
         return name, time.monotonic() - t0
@@ -188,6 +190,11 @@ def run(sizes: dict[str, Any] | None = None, progress: Progress = _say,
             ccfg = load()
             ccfg.state_dir, ccfg.db_url = Path(d), ""
             ccfg.reclaim.interval_s = 0
+            # as in the suite: measure the oversold lab host, not admission's refusal
+            from vpshost.bench.guests import BENCH_VCPU_RATIO
+
+            for guest_type, _options in SIDES.values():
+                ccfg.overcommit.for_type(guest_type).vcpu = BENCH_VCPU_RATIO
             svc = Service(ccfg)
             for h in up.values():
                 svc.host_add(h.name, h.url, hosts.secret(h))
