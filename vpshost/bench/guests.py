@@ -42,6 +42,19 @@ def why(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
+def timed_job(job: str) -> str:
+    """``job`` between the guest-clock timestamps that :func:`job_seconds` reads."""
+    # "&&": a failing job (a full disk, say) prints no timing and job_seconds raises
+    return TIMER + job + " && " + ELAPSED
+
+
+def job_seconds(rc: int, out: str, where: str) -> float:
+    """The seconds a :func:`timed_job` took, or an error naming where it failed."""
+    if rc != 0 or "ELAPSED" not in out:
+        raise RuntimeError(f"job failed in {where} (rc {rc}): {out[-400:]}")
+    return elapsed(out)
+
+
 def elapsed(out: str) -> float:
     """Seconds between the TIMER and ELAPSED lines of a job's output."""
     for line in out.splitlines():
@@ -128,11 +141,8 @@ class BenchEnv:
 
     def timed(self, p: Place, job: str, timeout: float = 600) -> float:
         """Run ``job`` between the guest-clock timestamps; its seconds."""
-        # "&&": a failing job (a full disk, say) prints no timing and raises below
-        rc, out = self.sh(p, TIMER + job + " && " + ELAPSED, timeout)
-        if rc != 0 or "ELAPSED" not in out:
-            raise RuntimeError(f"job failed in {p.name} (rc {rc}): {out[-400:]}")
-        return elapsed(out)
+        rc, out = self.sh(p, timed_job(job), timeout)
+        return job_seconds(rc, out, p.name)
 
     def alive(self, p: Place, timeout: float = 15) -> bool:
         rc, out = self.sh(p, "echo alive", timeout)

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from vpshost.bench.guests import ELAPSED, TIMER, elapsed
+from vpshost.bench.guests import job_seconds, timed_job
 from vpshost.bench.overhead import cpu_job, mem_job
 from vpshost.config import Config, load
 from vpshost.errors import UsageError
@@ -64,20 +64,14 @@ def missing_reason(cfg: Config) -> str | None:
             "KVM-against-Xen comparison did not run")
 
 
-def _timed_out(out: str, rc: int, where: str) -> float:
-    if rc != 0 or "ELAPSED" not in out:
-        raise RuntimeError(f"job failed in {where} (rc {rc}): {out[-300:]}")
-    return elapsed(out)
-
-
 def _native(cfg: Config, host: hosts.LabHost, job: str) -> float:
-    res = hosts.exec_in(cfg, host.name, ["sh", "-c", TIMER + job + " && " + ELAPSED], 600)
-    return _timed_out(res.stdout, res.returncode, host.name)
+    res = hosts.exec_in(cfg, host.name, ["sh", "-c", timed_job(job)], 600)
+    return job_seconds(res.returncode, res.stdout, host.name)
 
 
 def _in_guest(svc: Any, name: str, job: str) -> float:
-    res = svc.exec(name, ["sh", "-c", TIMER + job + " && " + ELAPSED], timeout=600)
-    return _timed_out(res.stdout, res.returncode, name)
+    res = svc.exec(name, ["sh", "-c", timed_job(job)], timeout=600)
+    return job_seconds(res.returncode, res.stdout, name)
 
 
 class _Side:
