@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,30 @@ def guest_sh(svc: Service, name: str, script: str) -> str:
     return str(out)
 
 
+@contextmanager
+def booted(control: Service, host: hosts.LabHost, name: str, kind: str, plan: Plan,
+           options: dict[str, Any]) -> Iterator[tuple[dict[str, Any], float]]:
+    """A tiny-image guest created and started on ``host``: its view and the seconds
+    that took; deleted afterwards, pass or fail."""
+    t0 = time.monotonic()
+    view = control.create(CreateRequest(name=name, type=kind, image="tiny", plan=plan,
+                                        start=True, options=options, host=host.name))
+    try:
+        boot = time.monotonic() - t0
+        assert view["state"] == "running"
+        yield view, boot
+    finally:
+        control.delete(name, force=True)
+
+
+def assert_xl_type(host: hosts.LabHost, view: dict[str, Any], mode: str) -> None:
+    """The domain answers ping from dom0 and xl reports it as ``mode``."""
+    res = lab_sh(host, f"ping -c 2 -W 3 {view['ip']} && xl list -l {view['name']} | "
+                 f"grep -o '\"type\": \"{mode}\"' | head -1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f'"type": "{mode}"' in res.stdout
+
+
 def meminfo_kb(svc: Service, name: str) -> int:
     return int(guest_sh(svc, name, "grep MemTotal /proc/meminfo").split()[1])
 
@@ -156,21 +181,14 @@ def test_pv_save_and_restore(control: Service, xen_host: hosts.LabHost,
 
 def test_kvm_vm_boots_with_kvm_and_answers(control: Service,
                                            kvm_host: hosts.LabHost) -> None:
-    t0 = time.monotonic()
-    view = control.create(CreateRequest(name="labkvm", type="vm", image="tiny",
-                                        plan=Plan(memory_mb=128), start=True,
-                                        options={"accel": "kvm"}, host=kvm_host.name))
-    try:
-        boot = time.monotonic() - t0
-        assert view["state"] == "running"
+    with booted(control, kvm_host, "labkvm", "vm", Plan(memory_mb=128),
+                {"accel": "kvm"}) as (view, boot):
         assert guest_sh(control, "labkvm", "hostname").strip() == "labkvm"
         res = lab_sh(kvm_host, f"ping -c 2 -W 3 {view['ip']}; "
                      "ps -eo args | grep '[q]emu-system' | grep -o -- '-accel [a-z]*'")
         assert res.returncode == 0, res.stdout + res.stderr
         assert "-accel kvm" in res.stdout
         print(f"vm (KVM inside the TCG lab host) create+start: {boot:.1f}s")
-    finally:
-        control.delete("labkvm", force=True)
 
 
 def test_lab_status_reports_agent(xen_host: hosts.LabHost) -> None:
@@ -256,45 +274,25 @@ def test_pv_domain_moves_between_two_xen_hosts(control: Service, xen_host: hosts
 # ---------------------------------------------------------------------- PVH, HVM
 
 def test_pvh_domain_boots_and_answers(control: Service, xen_host: hosts.LabHost) -> None:
-    t0 = time.monotonic()
-    view = control.create(CreateRequest(name="labpvh", type="xen", image="tiny",
-                                        plan=Plan(memory_mb=96, disk_mb=64), start=True,
-                                        options={"mode": "pvh"}, host=xen_host.name))
-    try:
-        boot = time.monotonic() - t0
-        assert view["state"] == "running"
+    with booted(control, xen_host, "labpvh", "xen", Plan(memory_mb=96, disk_mb=64),
+                {"mode": "pvh"}) as (view, boot):
         assert guest_sh(control, "labpvh", "hostname").strip() == "labpvh"
-        res = lab_sh(xen_host, f"ping -c 2 -W 3 {view['ip']} && xl list -l labpvh | "
-                     "grep -o '\"type\": \"pvh\"' | head -1")
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert '"type": "pvh"' in res.stdout
+        assert_xl_type(xen_host, view, "pvh")
         print(f"PVH domain create+start through the agent: {boot:.1f}s")
-    finally:
-        control.delete("labpvh", force=True)
 
 
 def test_hvm_domain_boots_and_answers(control: Service, xen_host: hosts.LabHost) -> None:
     """HVM works on the nested host: Xen sees AMD SVM (QEMU TCG's -cpu max) with nested
     paging; the tiny kernel boots through QEMU's direct kernel boot, with the PV disk,
     network and exec channel (PVHVM drivers)."""
-    t0 = time.monotonic()
-    view = control.create(CreateRequest(name="labhvm", type="xen", image="tiny",
-                                        plan=Plan(memory_mb=128, disk_mb=64), start=True,
-                                        options={"mode": "hvm"}, host=xen_host.name))
-    try:
-        boot = time.monotonic() - t0
-        assert view["state"] == "running"
+    with booted(control, xen_host, "labhvm", "xen", Plan(memory_mb=128, disk_mb=64),
+                {"mode": "hvm"}) as (view, boot):
         out = guest_sh(control, "labhvm", "hostname; "
                        "dmesg | grep -c 'Hypervisor detected: Xen HVM'; "
                        "grep -c ' /data ' /proc/mounts")
         assert out.split() == ["labhvm", "1", "1"], out
-        res = lab_sh(xen_host, f"ping -c 2 -W 3 {view['ip']} && xl list -l labhvm | "
-                     "grep -o '\"type\": \"hvm\"' | head -1")
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert '"type": "hvm"' in res.stdout
+        assert_xl_type(xen_host, view, "hvm")
         print(f"HVM domain create+start through the agent: {boot:.1f}s")
-    finally:
-        control.delete("labhvm", force=True)
 
 
 # ---------------------------------------------------------------------- live moves
